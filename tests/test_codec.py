@@ -1,0 +1,364 @@
+"""The image policy, judged by what comes out: decoded output bytes, or the refusal's code."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import pyvips
+
+from imgcrunch.codec import CodecError, CodecOptions, Compressed, compress, configure
+from tests.imaging import (
+    GREY,
+    LOGO,
+    PHOTOS,
+    RED,
+    animated_gif,
+    band_means,
+    cmyk_jpeg,
+    decode,
+    jpeg_claiming,
+    oriented_jpeg,
+    pixel,
+    png16,
+    png_claiming,
+    red_top_left,
+    small_photo,
+    solid,
+    with_icc_segment,
+    with_metadata,
+)
+
+# JPEG Annex K, table K.1 (luminance), row by row; libjpeg scales it by 100% at quality 50.
+ANNEX_K_LUMINANCE = [
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
+]  # fmt: skip
+
+# Row-by-row index of the k-th coefficient a DQT segment stores (it stores them in zigzag order).
+ZIGZAG = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5,
+    12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21, 28,
+    35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
+    58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+]  # fmt: skip
+
+TOLERANCE = 12  # JPEG error on flat colours, well below any wrong-colour difference
+
+
+def quantisation_tables(jpeg: bytes) -> dict[int, list[int]]:
+    """Parse the DQT segments before the scan; each table comes back in row-by-row order."""
+    tables: dict[int, list[int]] = {}
+    i = 2  # after SOI
+    while jpeg[i + 1] != 0xDA:  # up to start of scan
+        length = int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        segment, j = jpeg[i + 4 : i + 2 + length], 0
+        while jpeg[i + 1] == 0xDB and j < len(segment):
+            precision, table_id = segment[j] >> 4, segment[j] & 0x0F
+            size = 2 if precision else 1
+            values = [
+                int.from_bytes(segment[j + 1 + k * size : j + 1 + (k + 1) * size], "big")
+                for k in range(64)
+            ]
+            tables[table_id] = [0] * 64
+            for k, value in enumerate(values):
+                tables[table_id][ZIGZAG[k]] = value
+            j += 1 + 64 * size
+        i += 2 + length
+    return tables
+
+
+def close_to(actual: list[float], expected: tuple[int, ...] | list[float]) -> bool:
+    return all(abs(a - e) <= TOLERANCE for a, e in zip(actual, expected, strict=True))
+
+
+DEFAULTS = CodecOptions()
+
+
+def refusal(data: bytes, options: CodecOptions = DEFAULTS) -> CodecError:
+    with pytest.raises(CodecError) as caught:
+        compress(data, options)
+    return caught.value
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return PHOTOS[0].read_bytes()
+
+
+def test_photo_becomes_a_smaller_jpeg_of_the_same_size(photo: bytes) -> None:
+    result = compress(photo)
+    out = decode(result.data)
+    assert out.get("vips-loader") == "jpegload_buffer"
+    assert (result.width, result.height) == (out.width, out.height) == (1600, 1200)
+    assert (result.media_type, result.extension) == ("image/jpeg", "jpg")
+    assert len(result.data) < len(photo)
+
+
+def test_quality_50_uses_the_annex_k_luminance_table(photo: bytes) -> None:
+    assert quantisation_tables(compress(photo).data)[0] == ANNEX_K_LUMINANCE
+
+
+def test_higher_quality_quantises_finer_and_weighs_more(photo: bytes) -> None:
+    q50, q80 = compress(photo), compress(photo, CodecOptions(quality=80))
+    table50, table80 = quantisation_tables(q50.data)[0], quantisation_tables(q80.data)[0]
+    assert all(a <= b for a, b in zip(table80, table50, strict=True))
+    assert table80 != table50
+    assert len(q80.data) > len(q50.data)
+
+
+def test_output_is_baseline_with_420_chroma(photo: bytes) -> None:
+    out = decode(compress(photo).data)
+    assert out.get("jpeg-chroma-subsample") == "4:2:0"
+    assert out.get("jpeg-multiscan") == 0  # not progressive
+
+
+def test_same_input_gives_identical_bytes(photo: bytes) -> None:
+    assert compress(photo).data == compress(photo).data
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    result = compress(oriented_jpeg(red_top_left(64, 48), orientation))
+    out = decode(result.data)
+    assert (out.width, out.height) == (result.width, result.height) == (64, 48)
+    assert close_to(pixel(out, 16, 12), RED)
+    for x, y in ((48, 12), (16, 36), (48, 36)):
+        assert close_to(pixel(out, x, y), GREY)
+    assert out.get_typeof("orientation") == 0
+
+
+def test_large_image_turned_a_quarter_is_rotated(photo: bytes) -> None:
+    # Big enough that libvips' sequential read cannot buffer it whole for the rotation.
+    turned = decode(photo).copy()
+    turned.set_type(pyvips.GValue.gint_type, "orientation", 6)
+    result = compress(bytes(turned.jpegsave_buffer()))
+    assert (result.width, result.height) == (1200, 1600)
+
+
+def _cut_out_white(image: pyvips.Image) -> pyvips.Image:
+    """The logo with its white surround made fully transparent."""
+    rgb = image.extract_band(0, n=3)
+    opaque = (rgb < 250).bandor().ifthenelse(255, 0).cast("uchar")
+    return rgb.bandjoin(opaque)
+
+
+@pytest.fixture(scope="module")
+def transparent_logo() -> bytes:
+    logo = _cut_out_white(pyvips.Image.thumbnail(str(LOGO), 100).copy_memory())
+    assert logo.bands == 4
+    assert pixel(logo, 2, 2)[3] == 0  # the corner is see-through
+    return bytes(logo.pngsave_buffer())
+
+
+def test_transparency_is_flattened_onto_white(transparent_logo: bytes) -> None:
+    out = decode(compress(transparent_logo).data)
+    assert out.bands == 3
+    assert close_to(pixel(out, 2, 2), (255, 255, 255))
+
+
+def test_transparency_is_flattened_onto_a_chosen_background(transparent_logo: bytes) -> None:
+    options = CodecOptions(background=(0, 128, 255))
+    out = decode(compress(transparent_logo, options).data)
+    assert out.bands == 3
+    assert close_to(pixel(out, 2, 2), (0, 128, 255))
+
+
+def test_opaque_rgba_keeps_its_colours() -> None:
+    logo = pyvips.Image.thumbnail(str(LOGO), 100).copy_memory()
+    out = decode(compress(LOGO.read_bytes()).data).thumbnail_image(100)
+    assert out.bands == 3
+    assert close_to(band_means(out), band_means(logo.extract_band(0, n=3)))
+
+
+@pytest.mark.parametrize("with_profile", [True, False], ids=["icc", "no-icc"])
+def test_cmyk_becomes_srgb(with_profile: bool) -> None:
+    source = small_photo()
+    data = cmyk_jpeg(source, with_profile=with_profile)
+    assert decode(data).interpretation == "cmyk"
+    out = decode(compress(data).data)
+    assert (out.bands, out.interpretation, out.format) == (3, "srgb", "uchar")
+    assert close_to(band_means(out), band_means(source))
+
+
+def test_embedded_icc_profile_is_honoured() -> None:
+    # Pure sRGB red stored as Display P3 numbers reads (234, 51, 34) if the profile is ignored.
+    p3_red = solid(16, 16, RED).icc_transform("p3")
+    out = decode(compress(bytes(p3_red.jpegsave_buffer(Q=95, keep="icc"))).data)
+    assert close_to(pixel(out, 8, 8), RED)
+
+
+def test_unreadable_icc_profile_does_not_stop_the_image() -> None:
+    source = small_photo()
+    data = with_icc_segment(bytes(source.jpegsave_buffer(Q=95)), b"not a profile" * 40)
+    assert decode(data).get_typeof("icc-profile-data") != 0
+    assert close_to(band_means(decode(compress(data).data)), band_means(source))
+
+
+def test_16_bit_png_becomes_8_bit() -> None:
+    source = small_photo()
+    data = png16(source)
+    assert decode(data).format == "ushort"
+    out = decode(compress(data).data)
+    assert (out.bands, out.format) == (3, "uchar")
+    assert close_to(band_means(out), band_means(source))
+
+
+def test_grey_with_alpha_becomes_three_band_srgb() -> None:
+    # Left half transparent, right half opaque dark grey.
+    grey = solid(64, 48, (60,))
+    alpha = solid(32, 48, (0,)).join(solid(32, 48, (255,)), "horizontal")
+    data = bytes(grey.bandjoin(alpha).pngsave_buffer())
+    assert decode(data).bands == 2
+    out = decode(compress(data).data)
+    assert (out.bands, out.interpretation) == (3, "srgb")
+    assert close_to(pixel(out, 8, 24), (255, 255, 255))
+    assert close_to(pixel(out, 56, 24), (60, 60, 60))
+
+
+def test_animation_keeps_only_its_first_frame() -> None:
+    data = animated_gif([RED, (0, 255, 0), (0, 0, 255)], width=40, height=30)
+    assert pyvips.Image.new_from_buffer(data, "", n=-1).height == 90
+    result = compress(data)
+    out = decode(result.data)
+    assert (out.width, out.height) == (result.width, result.height) == (40, 30)
+    assert close_to(pixel(out, 20, 15), RED)
+
+
+@pytest.mark.parametrize(
+    ("saver", "options"),
+    [
+        ("pngsave_buffer", {}),
+        ("webpsave_buffer", {}),
+        ("tiffsave_buffer", {}),
+        ("gifsave_buffer", {}),
+        ("heifsave_buffer", {"compression": "av1", "effort": 0}),
+    ],
+    ids=["png", "webp", "tiff", "gif", "avif"],
+)
+def test_allowed_formats_are_accepted(saver: str, options: dict[str, object]) -> None:
+    data = bytes(getattr(small_photo(64), saver)(**options))
+    out = decode(compress(data).data)
+    assert (out.get("vips-loader"), out.width, out.height) == ("jpegload_buffer", 64, 48)
+
+
+def test_ultrahdr_jpeg_gives_its_sdr_picture() -> None:
+    data = bytes(small_photo(64).colourspace("scrgb").uhdrsave_buffer())
+    assert decode(data).get("vips-loader") == "uhdrload_buffer"
+    out = decode(compress(data).data)
+    assert (out.width, out.height, out.bands) == (64, 48, 3)
+    assert out.get_typeof("gainmap-data") == 0
+
+
+def test_metadata_is_stripped() -> None:
+    data = with_metadata(small_photo())
+    source_fields = decode(data).get_fields()
+    out_fields = decode(compress(data).data).get_fields()
+    for field in ("exif-data", "icc-profile-data", "xmp-data"):
+        assert field in source_fields
+        assert field not in out_fields
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"<!doctype html><html><body>Not found</body></html>", random.Random(1).randbytes(4096)],
+    ids=["empty", "html", "random"],
+)
+def test_non_images_are_refused(data: bytes) -> None:
+    assert refusal(data).code == "not_an_image"
+
+
+SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">\
+<rect width="10" height="10" fill="red"/></svg>'
+PDF = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\ntrailer\n<< >>\n%%EOF\n"
+
+
+@pytest.mark.parametrize("data", [SVG, PDF], ids=["svg", "pdf"])
+def test_svg_and_pdf_are_unsupported(data: bytes) -> None:
+    assert refusal(data).code == "unsupported_format"
+
+
+def test_svg_loader_is_blocked_even_when_called_directly() -> None:
+    configure()
+    with pytest.raises(pyvips.Error, match="svgload"):
+        pyvips.Image.svgload_buffer(SVG).avg()
+
+
+def test_truncated_jpeg_is_corrupt(photo: bytes) -> None:
+    assert refusal(photo[: len(photo) // 2]).code == "corrupt_image"
+
+
+@pytest.mark.parametrize("saver", ["pngsave_buffer", "tiffsave_buffer"], ids=["png", "tiff"])
+def test_truncated_png_and_tiff_are_corrupt(saver: str) -> None:
+    data = bytes(getattr(small_photo(), saver)())
+    assert refusal(data[: len(data) // 2]).code == "corrupt_image"
+
+
+def test_pixel_bomb_png_is_refused_from_its_header() -> None:
+    # The file holds one row of pixels: had it been decoded, it would be corrupt_image instead.
+    error = refusal(png_claiming(50_000, 50_000))
+    assert error.code == "too_many_pixels"
+    assert error.message == "image is 50000x50000 = 2500.0 megapixels; the limit is 50.0"
+
+
+def test_pixel_bomb_jpeg_is_refused_from_its_header() -> None:
+    tiny = bytes(solid(8, 8, GREY).jpegsave_buffer())
+    assert refusal(jpeg_claiming(tiny, 60_000, 60_000)).code == "too_many_pixels"
+
+
+def test_pixel_limit_is_configurable(photo: bytes) -> None:
+    error = refusal(photo, CodecOptions(max_pixels=1_000_000))
+    assert error.code == "too_many_pixels"
+    assert "1600x1200" in error.message
+    assert compress(photo, CodecOptions(max_pixels=1600 * 1200)).width == 1600
+
+
+def test_configure_turns_the_operation_cache_off_and_can_repeat() -> None:
+    configure(concurrency=2)
+    configure(concurrency=1)
+    assert (pyvips.cache_get_max(), pyvips.cache_get_max_mem()) == (0, 0)
+    assert pyvips.concurrency_get() == 1
+
+
+def test_bad_options_are_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="quality"):
+        CodecOptions(quality=0)
+    with pytest.raises(ValueError, match="background"):
+        CodecOptions(background=(0, 0, 256))
+
+
+def test_threads_compress_at_once_with_the_same_results() -> None:
+    inputs = [path.read_bytes() for path in PHOTOS] * 2
+    expected = [compress(data) for data in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results: list[Compressed] = list(pool.map(compress, inputs))
+    assert results == expected
+    assert all((r.width, r.height) == (1600, 1200) for r in results)
+
+
+def test_threads_failing_at_once_each_get_their_own_code(photo: bytes) -> None:
+    cases = {
+        b"<html>gone</html>": "not_an_image",
+        photo[: len(photo) // 2]: "corrupt_image",
+        png_claiming(50_000, 50_000): "too_many_pixels",
+        PDF: "unsupported_format",
+    }
+    inputs = list(cases) * 8
+
+    def code(data: bytes) -> str:
+        try:
+            compress(data)
+        except CodecError as error:
+            return error.code
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = list(pool.map(code, inputs))
+    assert codes == [cases[data] for data in inputs]
