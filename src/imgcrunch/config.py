@@ -1,0 +1,72 @@
+"""Settings: every knob comes from an `IMGCRUNCH_*` environment variable or a `.env` file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Defaults make `make run` work on a fresh machine; derived paths follow `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGCRUNCH_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Path("var")
+    database_url: str = ""  # default: sqlite file under data_dir
+    storage_dir: Path | None = None  # default: data_dir / "storage"
+    public_base_url: str = ""  # default: http://localhost:{port}
+    auto_migrate: bool = (
+        True  # `serve` applies migrations first; turn off when several replicas share a database
+    )
+
+    queue: Literal["inline"] = "inline"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    jpeg_quality: int = Field(default=50, ge=1, le=100)
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = Field(default=50_000_000, ge=1)
+
+    fetch_concurrency: int = Field(default=16, ge=1)
+    cpu_workers: int = Field(default_factory=_cores, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    max_download_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=15.0, gt=0)
+    fetch_timeout: float = Field(default=60.0, gt=0)  # whole download, however slowly it drips
+    max_redirects: int = Field(default=5, ge=0)
+    allow_private_networks: bool = False
+
+    max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_csv_rows: int = Field(default=50_000, ge=1)
+    max_urls_per_row: int = Field(default=100, ge=1)
+
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead
+    shutdown_grace: float = Field(default=20.0, ge=0)  # SIGTERM: time given to in-flight images
+    errors_in_status: int = Field(default=100, ge=0)  # failed images listed by GET /status
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'imgcrunch.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "storage"
+        if not self.public_base_url:
+            self.public_base_url = f"http://localhost:{self.port}"
+        self.public_base_url = self.public_base_url.rstrip("/")
+        return self
+
+    @property
+    def storage_root(self) -> Path:
+        assert self.storage_dir is not None  # set by _derive_defaults
+        return self.storage_dir

@@ -1,0 +1,171 @@
+"""Tables. The database is the truth: every fact about a request lives here."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class RequestStatus(enum.StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (RequestStatus.QUEUED, RequestStatus.PROCESSING)
+
+
+class ImageStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), default=RequestStatus.QUEUED, index=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    quality: Mapped[int] = mapped_column(Integer)
+    output_format: Mapped[str] = mapped_column(String(16), default="jpeg")
+    extra_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    total_images: Mapped[int] = mapped_column(Integer)
+    done_images: Mapped[int] = mapped_column(Integer, default=0)
+    failed_images: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_key: Mapped[str | None] = mapped_column(String(255))
+    output_key: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def progress(self) -> dict[str, int | float]:
+        finished = self.done_images + self.failed_images
+        percent = finished * 100 / self.total_images if self.total_images else 100.0
+        return {
+            "total": self.total_images,
+            "done": self.done_images,
+            "failed": self.failed_images,
+            "percent": round(percent, 1),
+        }
+
+
+class Product(Base):
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("request_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # order in the input file, from 0
+    row_number: Mapped[str] = mapped_column(Text)  # the input's own S. No., verbatim
+    product_name: Mapped[str] = mapped_column(Text)
+    extra: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_request_status", "request_id", "status"),
+        Index("ix_images_product", "product_id", "position"),
+        Index("ix_images_duplicate_of", "duplicate_of"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # order within its product's row, from 0
+    source_url: Mapped[str] = mapped_column(Text)
+    # The first image of the same request with the same URL: it is fetched once, for both.
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    bytes_in: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_out: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    output_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """The outbox: written with the request's final status, delivered afterwards."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the exact body sent, so every attempt is the same
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,474 @@
+"""Every query the application makes. Nothing else writes SQL.
+
+Functions take an open session and leave the transaction to the caller, so a caller can make
+several of them one atomic step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imgcrunch.csvio import InputRow
+from imgcrunch.models import (
+    ACTIVE_STATUSES,
+    DeliveryStatus,
+    Image,
+    ImageStatus,
+    Product,
+    Request,
+    RequestStatus,
+    WebhookDelivery,
+)
+
+# --- creating a request ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRequest:
+    id: uuid.UUID
+    rows: Sequence[InputRow]
+    extra_columns: Sequence[str]
+    quality: int
+    webhook_url: str | None = None
+    input_key: str | None = None
+
+
+async def create_request(session: AsyncSession, new: NewRequest) -> None:
+    """The request, its products and its images, inserted in bulk in the caller's transaction."""
+    session.add(
+        Request(
+            id=new.id,
+            status=RequestStatus.QUEUED,
+            webhook_url=new.webhook_url,
+            quality=new.quality,
+            extra_columns=list(new.extra_columns),
+            total_images=sum(len(row.urls) for row in new.rows),
+            done_images=0,
+            failed_images=0,
+            bytes_in=0,
+            bytes_out=0,
+            input_key=new.input_key,
+        )
+    )
+    await session.flush()
+    product_ids = await _insert_returning_ids(
+        session,
+        Product,
+        [
+            {
+                "request_id": new.id,
+                "position": position,
+                "row_number": row.serial,
+                "product_name": row.name,
+                "extra": list(row.extra),
+            }
+            for position, row in enumerate(new.rows)
+        ],
+    )
+    firsts: list[dict[str, Any]] = []
+    repeats: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for product_id, row in zip(product_ids, new.rows, strict=True):
+        for position, url in enumerate(row.urls):
+            image = {
+                "request_id": new.id,
+                "product_id": product_id,
+                "position": position,
+                "source_url": url,
+                "status": ImageStatus.PENDING,
+                "attempts": 0,
+            }
+            if url in seen:
+                repeats.append((url, image))
+            else:
+                seen.add(url)
+                firsts.append(image)
+    first_ids = await _insert_returning_ids(session, Image, firsts)
+    id_of_url = {image["source_url"]: id_ for image, id_ in zip(firsts, first_ids, strict=True)}
+    if repeats:
+        await session.execute(
+            insert(Image), [image | {"duplicate_of": id_of_url[url]} for url, image in repeats]
+        )
+
+
+async def _insert_returning_ids(
+    session: AsyncSession, table: type[Product] | type[Image], rows: list[dict[str, Any]]
+) -> list[int]:
+    if not rows:
+        return []
+    statement = insert(table).returning(table.id, sort_by_parameter_order=True)
+    result = await session.execute(statement, rows)
+    return list(result.scalars())
+
+
+# --- reading a request ----------------------------------------------------------------------
+
+
+async def get_request(session: AsyncSession, request_id: uuid.UUID) -> Request | None:
+    return await session.get(Request, request_id, populate_existing=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedImage:
+    row_number: str
+    product_name: str
+    url: str
+    code: str
+    message: str
+
+
+async def failed_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int
+) -> list[FailedImage]:
+    result = await session.execute(
+        select(
+            Product.row_number,
+            Product.product_name,
+            Image.source_url,
+            Image.error_code,
+            Image.error_message,
+        )
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id, Image.status == ImageStatus.FAILED)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+    )
+    return [
+        FailedImage(row_number, name, url, code or "unknown", message or "")
+        for row_number, name, url, code, message in result
+    ]
+
+
+@dataclass(slots=True)
+class ProductOutcome:
+    row_number: str
+    product_name: str
+    extra: list[str]
+    images: list[ImageOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOutcome:
+    source_url: str
+    status: str
+    output_key: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+async def product_outcomes(
+    session: AsyncSession, request_id: uuid.UUID
+) -> AsyncIterator[ProductOutcome]:
+    """Products in file order, each with its images in row order; streamed, not loaded whole."""
+    result = await session.stream(
+        select(
+            Product.id,
+            Product.row_number,
+            Product.product_name,
+            Product.extra,
+            Image.source_url,
+            Image.status,
+            Image.output_key,
+            Image.bytes_in,
+            Image.bytes_out,
+            Image.error_code,
+            Image.error_message,
+        )
+        .join(Image, Image.product_id == Product.id)
+        .where(Product.request_id == request_id)
+        .order_by(Product.position, Image.position)
+        .execution_options(yield_per=1000)
+    )
+    current: ProductOutcome | None = None
+    current_id = None
+    async for product_id, row_number, name, extra, *image in result:
+        if product_id != current_id:
+            if current is not None:
+                yield current
+            current, current_id = ProductOutcome(row_number, name, list(extra)), product_id
+        assert current is not None
+        current.images.append(ImageOutcome(*image))
+    if current is not None:
+        yield current
+
+
+async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
+    result = await session.execute(
+        select(Request.id).where(Request.status.in_(ACTIVE_STATUSES)).order_by(Request.created_at)
+    )
+    return list(result.scalars())
+
+
+# --- working on images ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A unit of work: the images of one request with ids in [first_id, last_id]."""
+
+    request_id: uuid.UUID
+    first_id: int
+    last_id: int
+
+
+async def next_batch(
+    session: AsyncSession, request_id: uuid.UUID, *, after_id: int, size: int
+) -> Batch | None:
+    result = await session.execute(
+        select(Image.id)
+        .where(
+            Image.request_id == request_id,
+            Image.status == ImageStatus.PENDING,
+            Image.duplicate_of.is_(None),
+            Image.id > after_id,
+        )
+        .order_by(Image.id)
+        .limit(size)
+    )
+    ids = list(result.scalars())
+    return Batch(request_id, ids[0], ids[-1]) if ids else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedImage:
+    id: int
+    source_url: str
+
+
+async def claim_images(
+    session: AsyncSession, batch: Batch, *, worker: str, now: datetime, stale_before: datetime
+) -> list[ClaimedImage]:
+    """Claim the batch's images that are still pending and not held by a live claim."""
+    result = await session.execute(
+        update(Image)
+        .where(
+            Image.request_id == batch.request_id,
+            Image.id.between(batch.first_id, batch.last_id),
+            Image.duplicate_of.is_(None),
+            Image.status == ImageStatus.PENDING,
+            or_(Image.claimed_at.is_(None), Image.claimed_at < stale_before),
+        )
+        .values(claimed_by=worker, claimed_at=now, attempts=Image.attempts + 1)
+        .returning(Image.id, Image.source_url)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = [ClaimedImage(id_, url) for id_, url in result]
+    if claimed:
+        await session.execute(
+            update(Request)
+            .where(Request.id == batch.request_id, Request.status == RequestStatus.QUEUED)
+            .values(status=RequestStatus.PROCESSING, started_at=now, updated_at=now)
+        )
+    return sorted(claimed, key=lambda image: image.id)
+
+
+async def request_quality(session: AsyncSession, request_id: uuid.UUID) -> int:
+    return (
+        await session.execute(select(Request.quality).where(Request.id == request_id))
+    ).scalar_one()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageResult:
+    image_id: int
+    output_key: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    width: int | None = None
+    height: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+async def record_results(
+    session: AsyncSession, request_id: uuid.UUID, results: Sequence[ImageResult], *, now: datetime
+) -> None:
+    """Record outcomes for images and their duplicates; recording twice changes nothing."""
+    done = failed = bytes_in = bytes_out = 0
+    for result in results:
+        updated = await session.execute(
+            update(Image)
+            .where(
+                or_(Image.id == result.image_id, Image.duplicate_of == result.image_id),
+                Image.status == ImageStatus.PENDING,
+            )
+            .values(
+                status=ImageStatus.DONE if result.ok else ImageStatus.FAILED,
+                output_key=result.output_key,
+                bytes_in=result.bytes_in,
+                bytes_out=result.bytes_out,
+                width=result.width,
+                height=result.height,
+                error_code=result.error_code,
+                error_message=result.error_message,
+                claimed_by=None,
+                completed_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        count = _rowcount(updated)
+        if result.ok:
+            done += count
+            bytes_in += count * (result.bytes_in or 0)
+            bytes_out += count * (result.bytes_out or 0)
+        else:
+            failed += count
+    if done or failed:
+        await session.execute(
+            update(Request)
+            .where(Request.id == request_id)
+            .values(
+                done_images=Request.done_images + done,
+                failed_images=Request.failed_images + failed,
+                bytes_in=Request.bytes_in + bytes_in,
+                bytes_out=Request.bytes_out + bytes_out,
+                updated_at=now,
+            )
+        )
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+async def is_complete(session: AsyncSession, request_id: uuid.UUID) -> bool:
+    result = await session.execute(
+        select(Request.done_images + Request.failed_images >= Request.total_images).where(
+            Request.id == request_id, Request.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    return bool(result.scalar())
+
+
+async def release_claims(session: AsyncSession, *, worker: str | None = None) -> int:
+    """Give back pending images claimed by `worker` (by anyone, when None) for another run."""
+    statement = update(Image).where(
+        Image.status == ImageStatus.PENDING, Image.claimed_at.is_not(None)
+    )
+    if worker is not None:
+        statement = statement.where(Image.claimed_by == worker)
+    result = await session.execute(
+        statement.values(claimed_by=None, claimed_at=None).execution_options(
+            synchronize_session=False
+        )
+    )
+    return _rowcount(result)
+
+
+# --- finishing a request --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEvent:
+    event_id: str
+    event_type: str
+    url: str
+    payload: str
+
+
+async def finish_request(
+    session: AsyncSession,
+    request_id: uuid.UUID,
+    *,
+    status: RequestStatus,
+    output_key: str | None,
+    now: datetime,
+    event: NewEvent | None,
+) -> bool:
+    """Move an active, complete request to its final status, once: False if another did it."""
+    result = await session.execute(
+        update(Request)
+        .where(
+            Request.id == request_id,
+            Request.status.in_(ACTIVE_STATUSES),
+            Request.done_images + Request.failed_images >= Request.total_images,
+        )
+        .values(status=status, output_key=output_key, completed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) != 1:
+        return False
+    if event is not None:
+        session.add(
+            WebhookDelivery(
+                request_id=request_id,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                url=event.url,
+                payload=event.payload,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+            )
+        )
+    return True
+
+
+# --- the webhook outbox ---------------------------------------------------------------------
+
+
+async def due_deliveries(
+    session: AsyncSession, *, now: datetime, limit: int = 50
+) -> list[WebhookDelivery]:
+    result = await session.execute(
+        select(WebhookDelivery)
+        .where(
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    )
+    return list(result.scalars())
+
+
+async def record_delivery_attempt(
+    session: AsyncSession,
+    delivery_id: int,
+    *,
+    status: DeliveryStatus,
+    response_status: int | None,
+    error: str | None,
+    now: datetime,
+    next_attempt_at: datetime | None = None,
+) -> None:
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(
+            status=status,
+            attempts=WebhookDelivery.attempts + 1,
+            response_status=response_status,
+            last_error=error,
+            delivered_at=now if status == DeliveryStatus.DELIVERED else None,
+            next_attempt_at=next_attempt_at or now,
+        )
+    )
+
+
+async def latest_delivery(session: AsyncSession, request_id: uuid.UUID) -> WebhookDelivery | None:
+    result = await session.execute(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.request_id == request_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(1)
+    )
+    return result.scalar_one_or_none()
+
+
+async def ping(session: AsyncSession) -> None:
+    await session.execute(select(1))

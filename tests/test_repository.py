@@ -1,0 +1,185 @@
+"""The queries behind claims, results and finalisation, on a real (SQLite) database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from imgcrunch import repository
+from imgcrunch.csvio import InputRow
+from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
+from imgcrunch.models import Image, Request, RequestStatus, WebhookDelivery, utcnow
+from imgcrunch.repository import Batch, ImageResult, NewEvent, NewRequest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[SessionFactory]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+    await upgrade(engine)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+def row(line: int, *urls: str) -> InputRow:
+    return InputRow(line=line, serial=str(line - 1), name=f"P{line}", urls=urls, extra=("x",))
+
+
+async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
+    request_id = uuid.uuid4()
+    async with sessions.begin() as session:
+        await repository.create_request(
+            session,
+            NewRequest(id=request_id, rows=rows, extra_columns=("Extra",), quality=50),
+        )
+    return request_id
+
+
+async def whole_batch(sessions: SessionFactory, request_id: uuid.UUID) -> Batch:
+    async with sessions() as session:
+        batch = await repository.next_batch(session, request_id, after_id=0, size=1000)
+    assert batch is not None
+    return batch
+
+
+async def claim(
+    sessions: SessionFactory, batch: Batch, worker: str, *, age: float = 0
+) -> list[int]:
+    now = utcnow() + timedelta(seconds=age)
+    async with sessions.begin() as session:
+        claimed = await repository.claim_images(
+            session, batch, worker=worker, now=now, stale_before=now - timedelta(seconds=60)
+        )
+    return [image.id for image in claimed]
+
+
+async def test_a_request_is_stored_whole(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1", "http://a/2"), row(3, "http://a/3"))
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        assert request is not None
+        assert (request.status, request.total_images, request.quality) == ("queued", 3, 50)
+        assert request.extra_columns == ["Extra"]
+        products = [product async for product in repository.product_outcomes(session, request_id)]
+    assert [(p.row_number, p.product_name, p.extra) for p in products] == [
+        ("1", "P2", ["x"]),
+        ("2", "P3", ["x"]),
+    ]
+    assert [[i.source_url for i in p.images] for p in products] == [
+        ["http://a/1", "http://a/2"],
+        ["http://a/3"],
+    ]
+
+
+async def test_a_repeated_url_is_one_unit_of_work(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1", "http://a/1"), row(3, "http://a/1"))
+    claimed = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    assert len(claimed) == 1
+    async with sessions.begin() as session:
+        await repository.record_results(
+            session,
+            request_id,
+            [ImageResult(image_id=claimed[0], output_key="k", bytes_in=10, bytes_out=4)],
+            now=utcnow(),
+        )
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        assert request is not None
+        assert (request.done_images, request.bytes_in, request.bytes_out) == (3, 30, 12)
+        assert await repository.is_complete(session, request_id)
+
+
+async def test_a_live_claim_is_not_taken_twice_but_a_stale_one_is(
+    sessions: SessionFactory,
+) -> None:
+    request_id = await create(sessions, row(2, "http://a/1", "http://a/2"))
+    batch = await whole_batch(sessions, request_id)
+    assert len(await claim(sessions, batch, "w1")) == 2
+    assert await claim(sessions, batch, "w2") == []
+    assert len(await claim(sessions, batch, "w3", age=61)) == 2  # w1's claim went stale
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        attempts = (await session.execute(select(Image.attempts))).scalars().all()
+    assert request is not None
+    assert request.status == RequestStatus.PROCESSING
+    assert attempts == [2, 2]
+
+
+async def test_recording_a_result_twice_counts_it_once(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1", "http://a/2"))
+    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    results = [
+        ImageResult(image_id=ids[0], output_key="k", bytes_in=10, bytes_out=4),
+        ImageResult(image_id=ids[1], error_code="http_error", error_message="HTTP 404"),
+    ]
+    for _ in range(2):  # a redelivered batch
+        async with sessions.begin() as session:
+            await repository.record_results(session, request_id, results, now=utcnow())
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        failed = await repository.failed_images(session, request_id, limit=10)
+    assert request is not None
+    assert (request.done_images, request.failed_images, request.bytes_in) == (1, 1, 10)
+    assert [(f.row_number, f.url, f.code) for f in failed] == [("1", "http://a/2", "http_error")]
+
+
+async def finish(sessions: SessionFactory, request_id: uuid.UUID, event_id: str) -> bool:
+    event = NewEvent(event_id=event_id, event_type="request.completed", url="http://h", payload="")
+    async with sessions.begin() as session:
+        return await repository.finish_request(
+            session,
+            request_id,
+            status=RequestStatus.COMPLETED,
+            output_key="o",
+            now=utcnow(),
+            event=event,
+        )
+
+
+async def test_finishing_happens_once_with_one_outbox_event(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1"))
+    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    assert not await finish(sessions, request_id, "msg_early")  # an image is still pending
+    async with sessions.begin() as session:
+        result = ImageResult(image_id=ids[0], output_key="k")
+        await repository.record_results(session, request_id, [result], now=utcnow())
+    assert [await finish(sessions, request_id, f"msg_{n}") for n in range(3)] == [
+        True,
+        False,
+        False,
+    ]
+    async with sessions() as session:
+        events = (await session.execute(select(WebhookDelivery.event_id))).scalars().all()
+        request = await session.get(Request, request_id)
+    assert events == ["msg_0"]
+    assert request is not None
+    assert request.status == "completed"
+
+
+async def test_released_claims_are_claimable_at_once(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1"), row(3, "http://a/2"))
+    batch = await whole_batch(sessions, request_id)
+    assert len(await claim(sessions, batch, "w1")) == 2
+    async with sessions.begin() as session:
+        assert await repository.release_claims(session, worker="someone-else") == 0
+        assert await repository.release_claims(session, worker="w1") == 2
+    assert len(await claim(sessions, batch, "w2")) == 2
+
+
+async def test_batches_walk_the_pending_images_in_order(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, *(row(n, f"http://a/{n}") for n in range(2, 12)))
+    batches = []
+    after = 0
+    async with sessions() as session:
+        while batch := await repository.next_batch(session, request_id, after_id=after, size=4):
+            batches.append(batch)
+            after = batch.last_id
+    assert [b.last_id - b.first_id + 1 for b in batches] == [4, 4, 2]
+    async with sessions() as session:
+        assert await repository.unfinished_request_ids(session) == [request_id]
