@@ -1,0 +1,5 @@
+import sys
+
+from imgcrunch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""GET /status/{id} and GET /download/{id}."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from imgcrunch import repository
+from imgcrunch.api.deps import RequestIdDep, ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.errors import ApiError
+from imgcrunch.api.schemas import ErrorBody, ImageError, Progress, Status, WebhookState
+from imgcrunch.models import ACTIVE_STATUSES, Request
+
+router = APIRouter(tags=["requests"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+
+
+async def _load(session: SessionDep, request_id: RequestIdDep) -> Request:
+    request = await repository.get_request(session, request_id)
+    if request is None:
+        raise ApiError(404, "not_found", f"no request {request_id}")
+    return request
+
+
+@router.get("/status/{request_id}", response_model=Status, responses=_NOT_FOUND)
+async def status(request_id: RequestIdDep, session: SessionDep, settings: SettingsDep) -> Status:
+    request = await _load(session, request_id)
+    limit = settings.errors_in_status
+    failed = await repository.failed_images(session, request_id, limit=limit)
+    delivery = await repository.latest_delivery(session, request_id)
+    return Status(
+        request_id=request.id,
+        status=request.status,
+        progress=Progress.model_validate(request.progress()),
+        bytes_in=request.bytes_in,
+        bytes_out=request.bytes_out,
+        output_csv_url=(
+            f"{settings.public_base_url}/download/{request.id}" if request.output_key else None
+        ),
+        errors=[
+            ImageError(
+                row=image.row_number,
+                product_name=image.product_name,
+                url=image.url,
+                code=image.code,
+                message=image.message,
+            )
+            for image in failed
+        ],
+        errors_truncated=request.failed_images > len(failed),
+        webhook=_webhook_state(request, delivery),
+        created_at=request.created_at,
+        updated_at=request.updated_at,
+        started_at=request.started_at,
+        completed_at=request.completed_at,
+    )
+
+
+def _webhook_state(request: Request, delivery: Any) -> WebhookState | None:
+    if not request.webhook_url:
+        return None
+    if delivery is None:
+        return WebhookState(
+            url=request.webhook_url,
+            state="waiting",
+            attempts=0,
+            response_status=None,
+            last_error=None,
+        )
+    return WebhookState(
+        url=delivery.url,
+        state=delivery.status,
+        attempts=delivery.attempts,
+        response_status=delivery.response_status,
+        last_error=delivery.last_error,
+    )
+
+
+@router.get(
+    "/download/{request_id}",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "the output CSV"},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+    },
+)
+async def download(
+    request_id: RequestIdDep, session: SessionDep, services: ServicesDep
+) -> Response:
+    request = await _load(session, request_id)
+    if request.status in ACTIVE_STATUSES:
+        raise ApiError(
+            409,
+            "not_ready",
+            f"request {request_id} is {request.status} ({request.progress()['percent']}% done); "
+            "the output CSV is ready when it completes",
+        )
+    if request.output_key is None:
+        raise ApiError(
+            409, "no_output", f"request {request_id} is {request.status}: it has no output"
+        )
+    content = await asyncio.to_thread(services.storage.get, request.output_key)
+    return Response(
+        content,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="imgcrunch-{request_id}.csv"'},
+    )

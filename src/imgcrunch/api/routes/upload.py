@@ -1,0 +1,107 @@
+"""POST /upload: validate the whole CSV, record the request, answer at once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from imgcrunch import csvio, repository
+from imgcrunch.api.deps import ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.errors import ApiError
+from imgcrunch.api.schemas import Accepted, ErrorBody
+from imgcrunch.fetcher import is_http_url
+from imgcrunch.storage import input_csv_key
+
+router = APIRouter(tags=["requests"])
+
+_CHUNK = 1024 * 1024
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (413, 422)}
+
+
+@router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
+async def upload(
+    services: ServicesDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the products CSV")],
+    webhook_url: Annotated[
+        str | None, Form(description="called with a JSON POST when the request is done")
+    ] = None,
+    quality: Annotated[
+        int | None, Form(ge=1, le=100, description="JPEG quality; default from the server")
+    ] = None,
+) -> Accepted:
+    webhook = _checked_webhook_url(webhook_url)
+    data = await _read_capped(file, settings.max_csv_bytes)
+    limits = csvio.Limits(
+        max_rows=settings.max_csv_rows, max_urls_per_row=settings.max_urls_per_row
+    )
+    try:
+        parsed = await asyncio.to_thread(csvio.parse, data, limits)
+    except csvio.CsvError as exc:
+        raise _csv_error(exc) from None
+
+    request_id = uuid.uuid4()
+    key = input_csv_key(request_id)
+    await asyncio.to_thread(services.storage.put, key, data)
+    async with session.begin():
+        await repository.create_request(
+            session,
+            repository.NewRequest(
+                id=request_id,
+                rows=parsed.rows,
+                extra_columns=parsed.extra_columns,
+                quality=quality or settings.jpeg_quality,
+                webhook_url=webhook,
+                input_key=key,
+            ),
+        )
+    services.dispatcher.submit(request_id)
+    return Accepted(
+        request_id=request_id,
+        status="queued",
+        status_url=f"{settings.public_base_url}/status/{request_id}",
+        total_images=parsed.image_count,
+    )
+
+
+def _checked_webhook_url(url: str | None) -> str | None:
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
+    if len(url) > 2048 or not is_http_url(url):
+        raise ApiError(
+            422,
+            "invalid_webhook_url",
+            "webhook_url must be an absolute http(s) URL",
+            [{"field": "webhook_url", "reason": f"{url[:100]!r} is not an absolute http(s) URL"}],
+        )
+    return url
+
+
+async def _read_capped(file: UploadFile, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await file.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413,
+                "file_too_large",
+                f"the CSV is over the {limit:,} byte limit (IMGCRUNCH_MAX_CSV_BYTES)",
+                [{"field": "file", "reason": f"larger than {limit:,} bytes"}],
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _csv_error(exc: csvio.CsvError) -> ApiError:
+    status = 413 if exc.code == "too_many_rows" else 422
+    details = [
+        {"row": problem.row, "column": problem.column, "reason": problem.reason}
+        for problem in exc.problems
+    ]
+    return ApiError(status, exc.code, exc.message, details)

@@ -1,0 +1,76 @@
+"""Response bodies, as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    row: int | None = None
+    column: str | None = None
+    field: str | None = None
+    reason: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class Accepted(BaseModel):
+    request_id: uuid.UUID
+    status: str
+    status_url: str
+    total_images: int
+
+
+class Progress(BaseModel):
+    total: int
+    done: int
+    failed: int
+    percent: float
+
+
+class ImageError(BaseModel):
+    row: str  # the product's S. No. as written in the input
+    product_name: str
+    url: str
+    code: str
+    message: str
+
+
+class WebhookState(BaseModel):
+    url: str
+    state: str  # pending | delivered | failed
+    attempts: int
+    response_status: int | None
+    last_error: str | None
+
+
+class Status(BaseModel):
+    request_id: uuid.UUID
+    status: str
+    progress: Progress
+    bytes_in: int
+    bytes_out: int
+    output_csv_url: str | None
+    errors: list[ImageError]
+    errors_truncated: bool
+    webhook: WebhookState | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

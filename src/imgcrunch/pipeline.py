@@ -1,0 +1,189 @@
+"""Processing a batch of images, and finalising a request. Knows nothing of FastAPI or Celery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from imgcrunch import codec, csvio, repository, webhooks
+from imgcrunch.db import SessionFactory
+from imgcrunch.fetcher import Fetcher, FetchError
+from imgcrunch.models import RequestStatus, utcnow
+from imgcrunch.repository import Batch, ClaimedImage, ImageResult
+from imgcrunch.storage import Storage, image_key, output_csv_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineOptions:
+    public_base_url: str
+    max_pixels: int
+    background: tuple[int, int, int]
+    max_in_flight: int  # images downloaded or being compressed at once: bounds memory
+    claim_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    key: str
+    data: bytes
+    width: int
+    height: int
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        sessions: SessionFactory,
+        fetcher: Fetcher,
+        storage: Storage,
+        codec_pool: Executor,
+        options: PipelineOptions,
+        worker_id: str,
+    ) -> None:
+        self.sessions = sessions
+        self.fetcher = fetcher
+        self.storage = storage
+        self.codec_pool = codec_pool
+        self.options = options
+        self.worker_id = worker_id
+        self._in_flight = asyncio.Semaphore(options.max_in_flight)
+
+    async def process_batch(self, batch: Batch) -> bool:
+        """Claim, process and record the batch's images; True if this call finished the request."""
+        claimed, quality = await self._claim(batch)
+        if claimed:
+            codec_options = codec.CodecOptions(
+                quality=quality,
+                max_pixels=self.options.max_pixels,
+                background=self.options.background,
+            )
+            results = await asyncio.gather(
+                *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
+            )
+            async with self.sessions.begin() as session:
+                await repository.record_results(session, batch.request_id, results, now=utcnow())
+        return await self.finalize_if_complete(batch.request_id)
+
+    async def _claim(self, batch: Batch) -> tuple[list[ClaimedImage], int]:
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            claimed = await repository.claim_images(
+                session,
+                batch,
+                worker=self.worker_id,
+                now=now,
+                stale_before=now - timedelta(seconds=self.options.claim_timeout),
+            )
+            quality = await repository.request_quality(session, batch.request_id)
+        return claimed, quality
+
+    async def _process_image(
+        self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
+    ) -> ImageResult:
+        async with self._in_flight:
+            try:
+                data = await self.fetcher.fetch(image.source_url)
+                loop = asyncio.get_running_loop()
+                encoded = await loop.run_in_executor(
+                    self.codec_pool, _encode, request_id, data, options
+                )
+                await asyncio.to_thread(self.storage.put, encoded.key, encoded.data)
+            except (FetchError, codec.CodecError) as exc:
+                return ImageResult(
+                    image_id=image.id, error_code=exc.code, error_message=exc.message
+                )
+            except Exception as exc:  # one bad image must never fail the batch
+                log.exception("image %s of request %s failed unexpectedly", image.id, request_id)
+                return ImageResult(
+                    image_id=image.id,
+                    error_code="internal_error",
+                    error_message=f"{type(exc).__name__}: {exc}",
+                )
+        return ImageResult(
+            image_id=image.id,
+            output_key=encoded.key,
+            bytes_in=len(data),
+            bytes_out=len(encoded.data),
+            width=encoded.width,
+            height=encoded.height,
+        )
+
+    async def finalize_if_complete(self, request_id: uuid.UUID) -> bool:
+        """Write the output CSV, set the final status and queue the webhook, exactly once."""
+        async with self.sessions() as session:
+            if not await repository.is_complete(session, request_id):
+                return False
+            request = await repository.get_request(session, request_id)
+            assert request is not None
+            rows = [
+                _output_row(product, self._url)
+                async for product in repository.product_outcomes(session, request_id)
+            ]
+        output = csvio.write_output(request.extra_columns, rows)
+        key = output_csv_key(request_id)
+        # Written before the status flips: whoever sees "completed" can download at once. Two
+        # finishers write identical bytes atomically; only one wins the status update below.
+        await asyncio.to_thread(self.storage.put, key, output)
+        status = (
+            RequestStatus.COMPLETED_WITH_ERRORS
+            if request.failed_images
+            else RequestStatus.COMPLETED
+        )
+        now = utcnow()
+        event = None
+        if request.webhook_url:
+            event = webhooks.completed_event(
+                request, status=status, output_csv_url=self.download_url(request_id), now=now
+            )
+        async with self.sessions.begin() as session:
+            won = await repository.finish_request(
+                session, request_id, status=status, output_key=key, now=now, event=event
+            )
+        if won:
+            log.info("request %s %s", request_id, status)
+        return won
+
+    def download_url(self, request_id: uuid.UUID) -> str:
+        return f"{self.options.public_base_url}/download/{request_id}"
+
+    def _url(self, key: str) -> str:
+        return f"{self.options.public_base_url}/{key}"
+
+
+def _encode(request_id: uuid.UUID, data: bytes, options: codec.CodecOptions) -> _Encoded:
+    """Runs in the codec pool: compressing and hashing are the CPU-bound part of an image."""
+    compressed = codec.compress(data, options)
+    key = image_key(request_id, compressed.data, compressed.extension)
+    return _Encoded(key, compressed.data, compressed.width, compressed.height)
+
+
+def _output_row(
+    product: repository.ProductOutcome, url_of: Callable[[str], str]
+) -> csvio.OutputRow:
+    images = product.images
+    return csvio.OutputRow(
+        serial=product.row_number,
+        name=product.product_name,
+        input_urls=[image.source_url for image in images],
+        output_urls=[url_of(image.output_key) if image.output_key else None for image in images],
+        extra=product.extra,
+        bytes_in=sum(image.bytes_in or 0 for image in images if image.output_key),
+        bytes_out=sum(image.bytes_out or 0 for image in images if image.output_key),
+        errors=_errors(images),
+    )
+
+
+def _errors(images: Sequence[repository.ImageOutcome]) -> list[str]:
+    return [
+        f"{image.source_url}: {image.error_code}: {image.error_message}"
+        for image in images
+        if image.error_code
+    ]

@@ -1,0 +1,100 @@
+"""Webhook events: building them for the outbox, and delivering what the outbox holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime
+
+import httpx
+
+from imgcrunch import repository
+from imgcrunch.db import SessionFactory
+from imgcrunch.fetcher import USER_AGENT, FetchError, refuse_private_destination
+from imgcrunch.models import DeliveryStatus, Request, utcnow
+
+log = logging.getLogger(__name__)
+
+COMPLETED = "request.completed"
+
+
+def completed_event(
+    request: Request, *, status: str, output_csv_url: str, now: datetime
+) -> repository.NewEvent:
+    """The event for a finished request; its body is fixed here so every attempt sends the same."""
+    assert request.webhook_url is not None
+    body = {
+        "type": COMPLETED,
+        "timestamp": now.isoformat(),
+        "data": {
+            "request_id": str(request.id),
+            "status": status,
+            "progress": request.progress(),
+            "output_csv_url": output_csv_url,
+        },
+    }
+    return repository.NewEvent(
+        event_id=f"msg_{uuid.uuid4().hex}",
+        event_type=COMPLETED,
+        url=request.webhook_url,
+        payload=json.dumps(body, separators=(",", ":")),
+    )
+
+
+class Deliverer:
+    """Sends due outbox events. One attempt each for now; retries are recorded as failures."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        timeout: float,
+        allow_private_networks: bool,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._sessions = sessions
+        hooks = [] if allow_private_networks else [refuse_private_destination]
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,  # a redirect is the receiver's misconfiguration, not a hop
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+            event_hooks={"request": hooks},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def deliver_due(self) -> int:
+        """Deliver every event that is due; returns how many were attempted."""
+        async with self._sessions() as session:
+            due = await repository.due_deliveries(session, now=utcnow())
+        for delivery in due:
+            response_status, error = await self._send(
+                delivery.url, delivery.event_id, delivery.payload
+            )
+            ok = response_status is not None and 200 <= response_status < 300
+            if not ok:
+                log.warning("webhook %s to %s failed: %s", delivery.event_id, delivery.url, error)
+            async with self._sessions.begin() as session:
+                await repository.record_delivery_attempt(
+                    session,
+                    delivery.id,
+                    status=DeliveryStatus.DELIVERED if ok else DeliveryStatus.FAILED,
+                    response_status=response_status,
+                    error=None if ok else error,
+                    now=utcnow(),
+                )
+        return len(due)
+
+    async def _send(self, url: str, event_id: str, payload: str) -> tuple[int | None, str | None]:
+        try:
+            response = await self._client.post(
+                url, content=payload, headers={"webhook-id": event_id}
+            )
+        except FetchError as exc:
+            return None, f"{exc.code}: {exc.message}"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        return response.status_code, f"HTTP {response.status_code}"

@@ -1,0 +1,278 @@
+"""Fixtures: a real HTTP image server, a webhook receiver, and real `imgcrunch serve` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+DATA = Path(__file__).parent / "data"
+PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- the image server -----------------------------------------------------------------------
+
+
+@dataclass
+class ImageServer:
+    """Serves the test photos over real HTTP on 127.0.0.1, plus routes that misbehave.
+
+    /photos/<name>      a photo (any query string is ignored, so `?n=1` makes distinct URLs)
+    /logo.png           an RGBA PNG
+    /missing.jpg        404           /error.jpg     500
+    /page.jpg           HTML served as image/jpeg
+    /stall.jpg          headers, then silence for `stall_seconds`
+    """
+
+    base_url: str
+    hits: Counter[str] = field(default_factory=Counter)
+    delay: float = 0.0  # added before every photo, to stretch a request over time
+    stall_seconds: float = 30.0
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def photo_urls(self, count: int, *, tag: str = "") -> list[str]:
+        names = [photo.name for photo in PHOTOS]
+        return [self.url(f"/photos/{names[n % len(names)]}?n={tag}{n}") for n in range(count)]
+
+
+def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
+    files = {f"/photos/{photo.name}": photo.read_bytes() for photo in PHOTOS}
+    files["/logo.png"] = (DATA / "logo.png").read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            server_state.hits[self.path] += 1
+            if path in files:
+                if server_state.delay:
+                    time.sleep(server_state.delay)
+                kind = "image/png" if path.endswith(".png") else "image/jpeg"
+                self._send(200, files[path], kind)
+            elif path == "/page.jpg":
+                self._send(200, b"<!doctype html><html><body>Not here</body></html>", "image/jpeg")
+            elif path == "/error.jpg":
+                self._send(500, b"boom", "text/plain")
+            elif path == "/stall.jpg":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                time.sleep(server_state.stall_seconds)
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def _send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    state = ImageServer(base_url="")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _image_handler(state))
+    server.daemon_threads = True
+    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+# --- the webhook receiver -------------------------------------------------------------------
+
+
+@dataclass
+class WebhookReceiver:
+    url: str
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.received)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgcrunch"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
+
+
+# --- the service, as a real process ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """`imgcrunch serve` in a subprocess with its own data folder and port."""
+
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "service.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imgcrunch", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited at start:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"service did not start:\n{self.log_path.read_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def upload(self, csv_text: str | bytes, **form: str) -> httpx.Response:
+        body = csv_text.encode() if isinstance(csv_text, str) else csv_text
+        with self.client() as client:
+            return client.post(
+                "/upload", files={"file": ("products.csv", body, "text/csv")}, data=form
+            )
+
+    def wait_until_finished(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                status: dict[str, Any] = client.get(f"/status/{request_id}").json()
+                if status["status"] not in ("queued", "processing"):
+                    return status
+                time.sleep(0.1)
+        raise AssertionError(f"request {request_id} not finished after {timeout} s: {status}")
+
+
+ServiceFactory = Callable[..., Service]
+
+
+def _new_service(data_dir: Path, settings: dict[str, str]) -> Service:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("IMGCRUNCH_")}
+    env |= {
+        "IMGCRUNCH_DATA_DIR": str(data_dir),
+        "IMGCRUNCH_PORT": str(port),
+        "IMGCRUNCH_HOST": "127.0.0.1",
+        "IMGCRUNCH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true",  # the test servers live on loopback
+        "IMGCRUNCH_READ_TIMEOUT": "2",
+        "IMGCRUNCH_FETCH_TIMEOUT": "5",
+    }
+    env |= {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
+    return Service(data_dir=data_dir, port=port, env=env)
+
+
+@pytest.fixture
+def make_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
+    services: list[Service] = []
+
+    def make(**settings: str) -> Service:
+        service = _new_service(tmp_path_factory.mktemp("service"), settings)
+        services.append(service)
+        service.start()
+        return service
+
+    yield make
+    for service in services:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One shared service for tests that only add requests of their own."""
+    shared = _new_service(tmp_path_factory.mktemp("shared-service"), {})
+    shared.start()
+    yield shared
+    shared.stop()

@@ -1,0 +1,326 @@
+"""End to end through the real HTTP API of a real `imgcrunch serve` process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+import pyvips
+
+from tests.conftest import ImageServer, Service, ServiceFactory, WebhookReceiver
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def upload_ok(service: Service, csv_text: str | bytes, **form: str) -> str:
+    response = service.upload(csv_text, **form)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert uuid.UUID(body["request_id"]).version == 4
+    assert body["status"] == "queued"
+    assert body["status_url"] == f"{service.base_url}/status/{body['request_id']}"
+    request_id: str = body["request_id"]
+    return request_id
+
+
+def download(service: Service, request_id: str) -> list[dict[str, str]]:
+    with service.client() as client:
+        response = client.get(f"/download/{request_id}")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    return read_csv(response.text)
+
+
+def test_a_classic_csv_is_compressed_end_to_end(
+    service: Service, image_server: ImageServer
+) -> None:
+    a, b, c = image_server.photo_urls(3, tag="classic")
+    request_id = upload_ok(
+        service,
+        f'S. No,Product Name,Input Image Urls\n1,SKU1,"{a},{b}"\n2,SKU2,"{c}"\n',
+    )
+
+    status = service.wait_until_finished(request_id)
+    assert status["status"] == "completed"
+    assert status["progress"] == {"total": 3, "done": 3, "failed": 0, "percent": 100.0}
+    assert status["errors"] == []
+    assert status["output_csv_url"] == f"{service.base_url}/download/{request_id}"
+    assert 0 < status["bytes_out"] < status["bytes_in"]
+
+    rows = download(service, request_id)
+    assert list(rows[0])[:4] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+    assert [(row["S. No."], row["Product Name"]) for row in rows] == [("1", "SKU1"), ("2", "SKU2")]
+    assert rows[0]["Input Image Urls"] == f"{a},{b}"
+    outputs = rows[0]["Output Image Urls"].split(",") + rows[1]["Output Image Urls"].split(",")
+    assert len(outputs) == 3
+    originals = [image_server.url(urlpath(url)) for url in (a, b, c)]
+    for output_url, source in zip(outputs, originals, strict=True):
+        assert output_url.startswith(f"{service.base_url}/images/{request_id}/")
+        served = httpx.get(output_url)
+        assert served.status_code == 200
+        assert served.headers["content-type"] == "image/jpeg"
+        image = pyvips.Image.new_from_buffer(served.content, "")
+        original = pyvips.Image.new_from_buffer(httpx.get(source).content, "")
+        assert (image.width, image.height) == (original.width, original.height)
+        assert image.get("vips-loader") == "jpegload_buffer"
+    assert int(rows[0]["Bytes Out"]) < int(rows[0]["Bytes In"])
+
+
+def urlpath(url: str) -> str:
+    return httpx.URL(url).path
+
+
+def test_status_shows_queued_then_processing_then_done(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    urls = image_server.photo_urls(6, tag="slow")
+    image_server.delay = 0.3
+    try:
+        request_id = upload_ok(
+            service,
+            "S. No,Product Name,Input Image Urls\n"
+            + "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1)),
+        )
+        seen: list[str] = []
+        with service.client() as client:
+            while not seen or seen[-1] not in ("completed", "completed_with_errors"):
+                status = client.get(f"/status/{request_id}").json()
+                if not seen or seen[-1] != status["status"]:
+                    seen.append(status["status"])
+                if status["status"] == "processing":
+                    assert 0 <= status["progress"]["percent"] <= 100
+                    download = client.get(f"/download/{request_id}")
+                    assert download.status_code == 409
+                    assert download.json()["error"]["code"] == "not_ready"
+                time.sleep(0.05)
+    finally:
+        image_server.delay = 0.0
+    assert seen[-2:] == ["processing", "completed"]
+    assert set(seen) <= {"queued", "processing", "completed"}
+
+
+def test_broken_images_fail_alone_with_their_reasons(
+    service: Service, image_server: ImageServer
+) -> None:
+    good = image_server.photo_urls(1, tag="broken")[0]
+    missing, server_error = image_server.url("/missing.jpg"), image_server.url("/error.jpg")
+    html, stall = image_server.url("/page.jpg"), image_server.url("/stall.jpg")
+    request_id = upload_ok(
+        service,
+        "S. No,Product Name,Input Image Urls\n"
+        f'1,Mixed,"{missing},{good},{html}"\n'
+        f'2,Slow,"{stall}"\n'
+        f'3,Down,"{server_error}"\n',
+    )
+    status = service.wait_until_finished(request_id)
+    assert status["status"] == "completed_with_errors"
+    assert status["progress"] == {"total": 5, "done": 1, "failed": 4, "percent": 100.0}
+    reasons = {error["url"]: (error["code"], error["message"]) for error in status["errors"]}
+    assert reasons[missing] == ("http_error", "HTTP 404 Not Found")
+    assert reasons[server_error][0] == "http_error"
+    assert "500" in reasons[server_error][1]
+    assert reasons[html][0] == "not_an_image"
+    assert reasons[stall][0] == "timeout"
+    assert {error["row"] for error in status["errors"]} == {"1", "2", "3"}
+
+    rows = download(service, request_id)
+    outputs = rows[0]["Output Image Urls"].split(",")
+    assert outputs[0] == ""
+    assert outputs[2] == ""
+    assert outputs[1].startswith(f"{service.base_url}/images/")
+    assert f"{missing}: http_error: HTTP 404" in rows[0]["Errors"]
+    assert rows[1]["Output Image Urls"] == ""
+    assert "timeout" in rows[1]["Errors"]
+
+
+def test_the_same_url_twice_is_downloaded_once(service: Service, image_server: ImageServer) -> None:
+    url = image_server.photo_urls(1, tag=f"dup{uuid.uuid4().hex}")[0]
+    request_id = upload_ok(
+        service, f'S. No,Product Name,Input Image Urls\n1,A,"{url},{url}"\n2,B,{url}\n'
+    )
+    status = service.wait_until_finished(request_id)
+    assert status["progress"]["done"] == 3
+    assert image_server.hits[urlpath(url) + "?" + httpx.URL(url).query.decode()] == 1
+    rows = download(service, request_id)
+    first, second = rows[0]["Output Image Urls"].split(",")
+    assert first == second == rows[1]["Output Image Urls"] != ""
+
+
+CSV_VARIANTS = {
+    "bom-crlf-no-final-newline": (
+        '\ufeffS. No.,Product Name,Input Image Urls\r\n1,Shoe,"{a}, {b}"\r\n2,Hat,{c}'
+    ),
+    "semicolon": "S.No;Product Name;Input URLs\n1;Shoe;{a},{b}\n\n2;Hat;{c}\n",
+    "tab": "sno\tProduct Name\tImage Urls\n1\tShoe\t{a},{b}\n2\tHat\t{c}\n",
+    "unquoted-trailing-urls": "S. No,Product Name,Input Image Urls\n1,Shoe,{a},{b}\n2,Hat,{c}\n",
+    "reordered-with-extras": (
+        'SKU,Input Image Urls,Product Name,Serial Number\nX-1,"{a},{b}",Shoe,1\nX-2,{c},Hat,2\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CSV_VARIANTS))
+def test_every_accepted_csv_variant(
+    service: Service, image_server: ImageServer, variant: str
+) -> None:
+    a, b, c = image_server.photo_urls(3, tag=variant)
+    request_id = upload_ok(service, CSV_VARIANTS[variant].format(a=a, b=b, c=c))
+    status = service.wait_until_finished(request_id)
+    assert status["status"] == "completed"
+    assert status["progress"]["done"] == 3
+    rows = download(service, request_id)
+    assert [(row["S. No."], row["Product Name"]) for row in rows] == [("1", "Shoe"), ("2", "Hat")]
+    assert rows[0]["Input Image Urls"] == f"{a},{b}"
+    assert len(rows[0]["Output Image Urls"].split(",")) == 2
+    if variant == "reordered-with-extras":
+        assert [row["SKU"] for row in rows] == ["X-1", "X-2"]
+
+
+def test_a_file_with_bad_rows_is_refused_naming_each(service: Service) -> None:
+    response = service.upload(
+        "S. No,Product Name,Input Image Urls\n"
+        "1,Good,https://example.com/a.jpg\n"
+        "2,,https://example.com/b.jpg\n"
+        "3,No URL,\n"
+        "4,Bad URL,ftp://example.com/c.jpg\n"
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_rows"
+    problems = {(detail["row"], detail["column"]) for detail in error["details"]}
+    assert problems == {
+        (3, "Product Name"),
+        (4, "Input Image Urls"),
+        (5, "Input Image Urls"),
+    }
+    assert all(detail["reason"] for detail in error["details"])
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "empty_file"),
+        (b"S. No,Product Name,Input Image Urls\n", "empty_file"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not_csv"),
+        (b"name,price\nshoe,10\n", "missing_columns"),
+    ],
+)
+def test_unusable_files_get_a_clear_422(service: Service, body: bytes, code: str) -> None:
+    response = service.upload(body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+def test_limits_answer_413(make_service: ServiceFactory) -> None:
+    service = make_service(MAX_CSV_BYTES="200", MAX_CSV_ROWS="2")
+    rows = "".join(f"{n},P,https://example.com/{n}.jpg\n" for n in range(3))
+    too_many = service.upload("S. No,Product Name,Input Image Urls\n" + rows)
+    assert too_many.status_code == 413
+    assert too_many.json()["error"]["code"] == "too_many_rows"
+    too_big = service.upload("S. No,Product Name,Input Image Urls\n" + "1,P," + "x" * 300)
+    assert too_big.status_code == 413
+    assert too_big.json()["error"]["code"] == "file_too_large"
+
+
+def test_wrong_form_fields_are_named(service: Service) -> None:
+    with service.client() as client:
+        wrong_field = client.post("/upload", files={"csv": ("p.csv", b"x", "text/csv")})
+        not_multipart = client.post("/upload", content=b"S. No,Product Name\n")
+    for response in (wrong_field, not_multipart):
+        assert response.status_code == 422
+        assert response.json()["error"]["details"][0]["field"] == "file"
+    bad_hook = service.upload(
+        "S. No,Product Name,Input Image Urls\n1,A,https://example.com/a.jpg\n",
+        webhook_url="javascript:alert(1)",
+    )
+    assert bad_hook.status_code == 422
+    assert bad_hook.json()["error"]["code"] == "invalid_webhook_url"
+
+
+def test_unknown_and_malformed_ids_answer_404(service: Service) -> None:
+    with service.client() as client:
+        for path in (f"/status/{uuid.uuid4()}", f"/download/{uuid.uuid4()}", "/status/nope"):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            assert response.json()["error"]["code"] == "not_found"
+
+
+def test_paths_work_with_a_trailing_slash(service: Service, image_server: ImageServer) -> None:
+    url = image_server.photo_urls(1, tag="slash")[0]
+    with service.client() as client:
+        response = client.post(
+            "/upload/",
+            files={"file": ("p.csv", f"S. No,Product Name,Input Image Urls\n1,A,{url}\n")},
+        )
+        assert response.status_code == 202
+        request_id = response.json()["request_id"]
+        assert client.get(f"/status/{request_id}/").status_code == 200
+        assert client.get("/healthz/").status_code == 200
+
+
+def test_quality_can_be_chosen_per_request(service: Service, image_server: ImageServer) -> None:
+    url = image_server.photo_urls(1, tag="quality")[0]
+    csv_text = f"S. No,Product Name,Input Image Urls\n1,A,{url}\n"
+    sizes = []
+    for quality in ("20", "90"):
+        request_id = upload_ok(service, csv_text, quality=quality)
+        assert service.wait_until_finished(request_id)["status"] == "completed"
+        sizes.append(int(download(service, request_id)[0]["Bytes Out"]))
+    assert sizes[0] < sizes[1]
+
+
+def test_webhook_is_called_when_done(
+    service: Service, image_server: ImageServer, webhook_receiver: WebhookReceiver
+) -> None:
+    url = image_server.photo_urls(1, tag="hook")[0]
+    request_id = upload_ok(
+        service,
+        f"S. No,Product Name,Input Image Urls\n1,A,{url}\n2,B,{image_server.url('/missing.jpg')}\n",
+        webhook_url=webhook_receiver.url,
+    )
+    service.wait_until_finished(request_id)
+    [(headers, body)] = webhook_receiver.wait_for(1)
+    event = json.loads(body)
+    assert headers["content-type"] == "application/json"
+    assert headers["webhook-id"].startswith("msg_")
+    assert event["type"] == "request.completed"
+    assert event["data"] == {
+        "request_id": request_id,
+        "status": "completed_with_errors",
+        "progress": {"total": 2, "done": 1, "failed": 1, "percent": 100.0},
+        "output_csv_url": f"{service.base_url}/download/{request_id}",
+    }
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        webhook = httpx.get(f"{service.base_url}/status/{request_id}").json()["webhook"]
+        if webhook["state"] == "delivered":
+            break
+        time.sleep(0.05)
+    assert webhook == {
+        "url": webhook_receiver.url,
+        "state": "delivered",
+        "attempts": 1,
+        "response_status": 204,
+        "last_error": None,
+    }
+
+
+def test_health_and_docs(service: Service) -> None:
+    with service.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok"}
+        schema = client.get("/openapi.json").json()
+        assert {"/upload", "/status/{request_id}", "/download/{request_id}"} <= set(schema["paths"])
+        assert client.get("/docs").status_code == 200
