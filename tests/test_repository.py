@@ -33,11 +33,17 @@ def row(line: int, *urls: str) -> InputRow:
 
 async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
     request_id = uuid.uuid4()
+    new = NewRequest(
+        id=request_id,
+        total_images=sum(len(row.urls) for row in rows),
+        extra_columns=("Extra",),
+        quality=50,
+        input_key="csv/input.csv",
+    )
     async with sessions.begin() as session:
-        await repository.create_request(
-            session,
-            NewRequest(id=request_id, rows=rows, extra_columns=("Extra",), quality=50),
-        )
+        await repository.create_request(session, new)
+    async with sessions.begin() as session:
+        assert await repository.ingest_rows(session, request_id, rows, now=utcnow())
     return request_id
 
 
@@ -75,6 +81,17 @@ async def test_a_request_is_stored_whole(sessions: SessionFactory) -> None:
         ["http://a/1", "http://a/2"],
         ["http://a/3"],
     ]
+
+
+async def test_rows_are_stored_once_however_often_ingested(sessions: SessionFactory) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2"))
+    request_id = await create(sessions, *rows)
+    async with sessions.begin() as session:
+        assert await repository.is_ingested(session, request_id)
+        assert not await repository.ingest_rows(session, request_id, rows, now=utcnow())
+    async with sessions() as session:
+        products = [p async for p in repository.product_outcomes(session, request_id)]
+    assert len(products) == 2
 
 
 async def test_a_repeated_url_is_one_unit_of_work(sessions: SessionFactory) -> None:

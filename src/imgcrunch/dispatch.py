@@ -112,6 +112,8 @@ class InlineDispatcher:
                 log.exception("could not schedule request %s", request_id)
 
     async def _feed_request(self, request_id: uuid.UUID) -> None:
+        if not await self._pipeline.ingest(request_id):
+            return
         after_id = 0
         while True:
             async with self._sessions() as session:

@@ -87,12 +87,13 @@ class Request(Base):
     failed_images: Mapped[int] = mapped_column(Integer, default=0)
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
-    input_key: Mapped[str | None] = mapped_column(String(255))
+    input_key: Mapped[str] = mapped_column(String(255))
     output_key: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # products and images stored
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -134,8 +135,9 @@ class Image(Base):
     source_url: Mapped[str] = mapped_column(Text)
     # The first image of the same request with the same URL: it is fetched once, for both.
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Server-side defaults: an upload inserts thousands of images, and every bound value costs.
+    status: Mapped[str] = mapped_column(String(16), server_default=ImageStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_code: Mapped[str | None] = mapped_column(String(32))
@@ -145,7 +147,6 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     output_key: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

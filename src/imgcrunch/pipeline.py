@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -13,11 +14,16 @@ from datetime import timedelta
 from imgcrunch import codec, csvio, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
-from imgcrunch.models import RequestStatus, utcnow
+from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
 from imgcrunch.repository import Batch, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, image_key, output_csv_key
 
 log = logging.getLogger(__name__)
+
+# The upload applied the configured limits already; a file it accepted is accepted here too.
+_ACCEPTED_AT_UPLOAD = csvio.Limits(
+    max_rows=sys.maxsize, max_urls_per_row=sys.maxsize, max_url_length=sys.maxsize
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +61,32 @@ class Pipeline:
         self.options = options
         self.worker_id = worker_id
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
+
+    async def ingest(self, request_id: uuid.UUID) -> bool:
+        """Store a request's products and images from its kept input CSV; False if it can't be.
+
+        The upload validated the file and answered at once; the rows are stored here, once,
+        so a big catalog never holds up the answer and a crash in between loses nothing.
+        """
+        async with self.sessions() as session:
+            request = await repository.get_request(session, request_id)
+            if request is None or request.status not in ACTIVE_STATUSES:
+                return False
+            if await repository.is_ingested(session, request_id):
+                return True
+        try:
+            data = await asyncio.to_thread(self.storage.get, request.input_key)
+            parsed = await asyncio.to_thread(csvio.parse, data, _ACCEPTED_AT_UPLOAD)
+        except (OSError, csvio.CsvError) as exc:
+            log.exception("request %s: its input CSV cannot be read again", request_id)
+            async with self.sessions.begin() as session:
+                await repository.fail_request(
+                    session, request_id, error=f"input CSV unreadable: {exc}", now=utcnow()
+                )
+            return False
+        async with self.sessions.begin() as session:
+            await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
+        return True
 
     async def process_batch(self, batch: Batch) -> bool:
         """Claim, process and record the batch's images; True if this call finished the request."""

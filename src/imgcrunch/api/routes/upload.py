@@ -52,7 +52,7 @@ async def upload(
             session,
             repository.NewRequest(
                 id=request_id,
-                rows=parsed.rows,
+                total_images=parsed.image_count,
                 extra_columns=parsed.extra_columns,
                 quality=quality or settings.jpeg_quality,
                 webhook_url=webhook,

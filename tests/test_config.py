@@ -1,0 +1,56 @@
+"""Settings from IMGCRUNCH_* variables and .env, with defaults that follow the data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imgcrunch.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("IMGCRUNCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_work_on_a_fresh_machine() -> None:
+    settings = Settings()
+    assert settings.database_url == "sqlite+aiosqlite:///var/imgcrunch.db"
+    assert settings.storage_root == Path("var/storage")
+    assert settings.public_base_url == "http://localhost:8000"
+    assert (settings.host, settings.port, settings.jpeg_quality) == ("127.0.0.1", 8000, 50)
+    assert settings.allow_private_networks is False
+    assert settings.cpu_workers >= 1
+
+
+def test_a_second_instance_needs_only_a_data_dir_and_a_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMGCRUNCH_DATA_DIR", "/srv/two")
+    monkeypatch.setenv("IMGCRUNCH_PORT", "8001")
+    settings = Settings()
+    assert settings.database_url == "sqlite+aiosqlite:////srv/two/imgcrunch.db"
+    assert settings.storage_root == Path("/srv/two/storage")
+    assert settings.public_base_url == "http://localhost:8001"
+
+
+def test_explicit_values_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "IMGCRUNCH_PUBLIC_BASE_URL=https://img.example.com/\nIMGCRUNCH_JPEG_QUALITY=70\n"
+    )
+    monkeypatch.setenv("IMGCRUNCH_STORAGE_DIR", "/mnt/images")
+    settings = Settings()
+    assert settings.public_base_url == "https://img.example.com"
+    assert settings.jpeg_quality == 70
+    assert settings.storage_root == Path("/mnt/images")
+
+
+def test_nonsense_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCRUNCH_JPEG_QUALITY", "101")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        Settings()

@@ -1,0 +1,57 @@
+"""Local storage: atomic, content-addressed, confined to its folder."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imgcrunch.storage import LocalStorage, image_key, output_csv_key
+
+
+def test_put_then_get(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("csv/x/output.csv", b"a,b\r\n")
+    assert storage.get("csv/x/output.csv") == b"a,b\r\n"
+    assert storage.exists("csv/x/output.csv")
+    assert (tmp_path / "csv" / "x" / "output.csv").read_bytes() == b"a,b\r\n"
+
+
+def test_an_overwrite_replaces_the_whole_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("k", b"long old content")
+    storage.put("k", b"new")
+    assert storage.get("k") == b"new"
+    assert list((tmp_path / ".partial").iterdir()) == []
+
+
+def test_keys_are_content_addressed_per_request() -> None:
+    request = uuid.uuid4()
+    assert image_key(request, b"same", "jpg") == image_key(request, b"same", "jpg")
+    assert image_key(request, b"same", "jpg") != image_key(request, b"other", "jpg")
+    assert image_key(request, b"x", "jpg").startswith(f"images/{request}/")
+    assert image_key(request, b"x", "jpg").endswith(".jpg")
+    assert output_csv_key(request) == f"csv/{request}/output.csv"
+
+
+@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "images/../../x"])
+def test_keys_cannot_leave_the_folder(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError, match="invalid storage key"):
+        LocalStorage(tmp_path / "root").put(key, b"x")
+
+
+def test_partial_writes_of_a_dead_process_are_removed(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("kept", b"x")
+    partial = tmp_path / ".partial"
+    (partial / "old").write_bytes(b"half")
+    (partial / "fresh").write_bytes(b"half")
+    an_hour_ago = time.time() - 3600
+    os.utime(partial / "old", (an_hour_ago, an_hour_ago))
+    assert storage.remove_partial_writes(older_than=600) == 1
+    assert [path.name for path in partial.iterdir()] == ["fresh"]
+    assert storage.remove_partial_writes() == 1
+    assert storage.get("kept") == b"x"
