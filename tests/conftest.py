@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -41,6 +41,8 @@ class ImageServer:
     /missing.jpg        404           /error.jpg     500
     /page.jpg           HTML served as image/jpeg
     /stall.jpg          headers, then silence for `stall_seconds`
+    /redirect?to=<url>  302 to that URL (relative or absolute)
+    /loop               302 to itself
     """
 
     base_url: str
@@ -78,6 +80,10 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b"<!doctype html><html><body>Not here</body></html>", "image/jpeg")
             elif path == "/error.jpg":
                 self._send(500, b"boom", "text/plain")
+            elif path == "/redirect":
+                self._redirect(parse_qs(urlsplit(self.path).query)["to"][0])
+            elif path == "/loop":
+                self._redirect("/loop")
             elif path == "/stall.jpg":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
@@ -86,6 +92,12 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(server_state.stall_seconds)
             else:
                 self._send(404, b"not found", "text/plain")
+
+        def _redirect(self, location: str) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def _send(self, status: int, body: bytes, kind: str) -> None:
             self.send_response(status)
@@ -97,11 +109,20 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    """A threaded HTTP server that takes a client hanging up as ordinary, not as an error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[ImageServer]:
     state = ImageServer(base_url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _image_handler(state))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _image_handler(state))
     state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -142,7 +163,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgcrunch"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from imgcrunch.fetcher import Fetcher, FetchError, FetchLimits, is_http_url
@@ -70,6 +72,38 @@ async def test_private_addresses_are_refused_unless_allowed(image_server: ImageS
     assert error.code == "blocked_address"
     assert "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS" in error.message
     assert await fetch(url)  # the same URL, allowed
+
+
+async def test_redirects_are_followed_relative_and_absolute(image_server: ImageServer) -> None:
+    photo = f"/photos/{PHOTOS[1].name}"
+    assert await fetch(image_server.url(f"/redirect?to={photo}")) == PHOTOS[1].read_bytes()
+    absolute = image_server.url(f"/redirect?to={image_server.url(photo)}")
+    assert await fetch(absolute) == PHOTOS[1].read_bytes()
+
+
+async def test_a_redirect_loop_ends_as_an_http_error(image_server: ImageServer) -> None:
+    error = await failure(image_server.url("/loop"), replace(LOCAL, max_redirects=3))
+    assert (error.code, error.message) == ("http_error", "more than 3 redirects")
+
+
+async def test_a_redirect_off_the_web_is_refused(image_server: ImageServer) -> None:
+    error = await failure(image_server.url("/redirect?to=file:///etc/passwd"))
+    assert error.code == "http_error"
+    assert "file:///etc/passwd" in error.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8000/a.jpg",
+        "http://localhost:8000/a.jpg",
+    ],
+)
+async def test_non_public_destinations_are_refused_before_connecting(url: str) -> None:
+    error = await failure(url, FetchLimits(connect_timeout=1, total_timeout=2))
+    assert error.code == "blocked_address"
 
 
 def test_only_absolute_http_urls_pass() -> None:

@@ -7,11 +7,12 @@ import logging
 import uuid
 from datetime import datetime
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from imgcrunch import repository
 from imgcrunch.db import SessionFactory
-from imgcrunch.fetcher import USER_AGENT, FetchError, refuse_private_destination
+from imgcrunch.fetcher import USER_AGENT, FetchError, check_destination, guarded_session
 from imgcrunch.models import DeliveryStatus, Request, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,17 @@ class Deliverer:
         *,
         timeout: float,
         allow_private_networks: bool,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._sessions = sessions
-        hooks = [] if allow_private_networks else [refuse_private_destination]
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=False,  # a redirect is the receiver's misconfiguration, not a hop
+        self._allow_private_networks = allow_private_networks
+        self._client = guarded_session(
+            allow_private_networks=allow_private_networks,
+            timeout=aiohttp.ClientTimeout(total=timeout),
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
-            event_hooks={"request": hooks},
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
     async def deliver_due(self) -> int:
         """Deliver every event that is due; returns how many were attempted."""
@@ -90,11 +88,18 @@ class Deliverer:
 
     async def _send(self, url: str, event_id: str, payload: str) -> tuple[int | None, str | None]:
         try:
-            response = await self._client.post(
-                url, content=payload, headers={"webhook-id": event_id}
-            )
+            target = URL(url)
+            check_destination(target, allow_private_networks=self._allow_private_networks)
+            async with self._client.post(
+                target,
+                data=payload.encode(),
+                headers={"webhook-id": event_id},
+                allow_redirects=False,  # a redirect is the receiver's misconfiguration, not a hop
+            ) as response:
+                return response.status, f"HTTP {response.status}"
         except FetchError as exc:
             return None, f"{exc.code}: {exc.message}"
-        except httpx.HTTPError as exc:
+        except TimeoutError:
+            return None, "timeout: no answer in time"
+        except (aiohttp.ClientError, ValueError) as exc:
             return None, f"{type(exc).__name__}: {exc}"
-        return response.status_code, f"HTTP {response.status_code}"
