@@ -200,3 +200,36 @@ async def test_batches_walk_the_pending_images_in_order(sessions: SessionFactory
     assert [b.last_id - b.first_id + 1 for b in batches] == [4, 4, 2]
     async with sessions() as session:
         assert await repository.unfinished_request_ids(session) == [request_id]
+
+
+async def test_a_big_batch_is_recorded_whole_with_each_image_its_own_outcome(
+    sessions: SessionFactory,
+) -> None:
+    urls = [f"http://a/{n}" for n in range(70)]  # more than one statement's worth
+    request_id = await create(sessions, row(2, *urls), row(3, urls[0], urls[69]))
+    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    assert len(ids) == 70
+    results = [
+        ImageResult(image_id=id_, output_key=f"k{n}", bytes_in=100 + n, bytes_out=n)
+        if n % 10
+        else ImageResult(image_id=id_, error_code="timeout", error_message=f"slow {n}")
+        for n, id_ in enumerate(ids)
+    ]
+    async with sessions.begin() as session:
+        await repository.record_results(session, request_id, results, now=utcnow())
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        rows = (
+            await session.execute(
+                select(Image.source_url, Image.output_key, Image.error_message).order_by(Image.id)
+            )
+        ).all()
+    assert request is not None
+    # Images 0 and 69 appear twice; 0 failed (n % 10 == 0), 69 succeeded.
+    assert (request.done_images, request.failed_images) == (63 + 1, 7 + 1)
+    assert request.bytes_in == sum(100 + n for n in range(70) if n % 10) + 100 + 69
+    assert request.bytes_out == sum(n for n in range(70) if n % 10) + 69
+    by_url = {url: (key, message) for url, key, message in rows}
+    assert by_url["http://a/5"] == ("k5", None)
+    assert by_url["http://a/20"] == (None, "slow 20")
+    assert rows[-2:] == [("http://a/0", None, "slow 0"), ("http://a/69", "k69", None)]

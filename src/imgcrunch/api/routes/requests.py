@@ -30,8 +30,15 @@ async def _load(session: SessionDep, request_id: RequestIdDep) -> Request:
 async def status(request_id: RequestIdDep, session: SessionDep, settings: SettingsDep) -> Status:
     request = await _load(session, request_id)
     limit = settings.errors_in_status
-    failed = await repository.failed_images(session, request_id, limit=limit)
-    delivery = await repository.latest_delivery(session, request_id)
+    # Clients poll this while the CPUs are busy compressing: ask only what can be there.
+    failed = (
+        await repository.failed_images(session, request_id, limit=limit)
+        if request.failed_images and limit
+        else []
+    )
+    delivery = (
+        await repository.latest_delivery(session, request_id) if request.webhook_url else None
+    )
     return Status(
         request_id=request.id,
         status=request.status,
