@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_work_on_a_fresh_machine() -> None:
     settings = Settings()
     assert settings.database_url == "sqlite+aiosqlite:///var/imgcrunch.db"
-    assert settings.storage_root == Path("var/storage")
+    assert settings.storage_root == Path("var")
     assert settings.public_base_url == "http://localhost:8000"
     assert (settings.host, settings.port, settings.jpeg_quality) == ("127.0.0.1", 8000, 50)
     assert settings.allow_private_networks is False
@@ -35,7 +35,7 @@ def test_a_second_instance_needs_only_a_data_dir_and_a_port(
     monkeypatch.setenv("IMGCRUNCH_PORT", "8001")
     settings = Settings()
     assert settings.database_url == "sqlite+aiosqlite:////srv/two/imgcrunch.db"
-    assert settings.storage_root == Path("/srv/two/storage")
+    assert settings.storage_root == Path("/srv/two")
     assert settings.public_base_url == "http://localhost:8001"
 
 

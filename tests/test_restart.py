@@ -63,7 +63,7 @@ def assert_every_image_exactly_once(service: Service, request_id: str, urls: lis
             (request_id.replace("-", ""),),
         ).fetchall()
     assert rows == [("done", IMAGES)]
-    assert not list((service.data_dir / "storage" / ".partial").iterdir())
+    assert not list((service.data_dir / ".partial").iterdir())
 
 
 def test_sigkill_mid_request_then_restart_finishes_every_image_once(

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     data_dir: Path = Path("var")
     database_url: str = ""  # default: sqlite file under data_dir
-    storage_dir: Path | None = None  # default: data_dir / "storage"
+    storage_dir: Path | None = None  # default: data_dir (so images land in data_dir/images)
     public_base_url: str = ""  # default: http://localhost:{port}
     auto_migrate: bool = (
         True  # `serve` applies migrations first; turn off when several replicas share a database
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'imgcrunch.db'}"
         if self.storage_dir is None:
-            self.storage_dir = self.data_dir / "storage"
+            self.storage_dir = self.data_dir
         if not self.public_base_url:
             self.public_base_url = f"http://localhost:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
