@@ -40,12 +40,17 @@ RESULTS = ROOT / "bench" / "results"
 
 QUALITY = 50
 URLS_PER_ROW = 3
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.5
+WARMUP_IMAGES = 32  # a first small request, untimed, like the codec limit's own warm-up
+WARMUP_FIRST_URL = 10_000_000  # its URLs are numbered apart, so no timed image is cached
 RSS_SAMPLE_SECONDS = 0.1
 STALL_SECONDS = 60.0  # no image finished for this long: the service is stuck
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 TARGET_SHARE = 0.85  # end-to-end images/s as a share of the codec limit
+DRIFT_WARNING = (
+    0.15  # codec limits before and after a run this far apart: the machine's speed moved
+)
 RSS_GROWTH_LIMIT = 0.10  # peak RSS of the largest run over that of the smallest
 LOG_TAIL_LINES = 40
 OTHER_LOAD_WARNING = 0.25  # cores used by other processes that make a figure suspect
@@ -146,9 +151,10 @@ def measure_codec_limit(photos: Sequence[bytes], images: int, threads: int) -> C
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, all its threads."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def cpu_seconds(pid: int, *, main_thread_only: bool = False) -> float:
+    """User + system CPU of a live process: all its threads, or only its first one."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
+    stat = Path(path).read_text()
     fields = stat.rpartition(") ")[2].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
@@ -417,11 +423,12 @@ def running_service() -> Iterator[Service]:
 # --- one request ------------------------------------------------------------------------------
 
 
-def build_csv(origin: Origin, images: int) -> bytes:
+def build_csv(origin: Origin, images: int, *, first_url: int = 0) -> bytes:
     lines = ["S. No,Product Name,Input Image Urls"]
     for row in range(math.ceil(images / URLS_PER_ROW)):
-        first = row * URLS_PER_ROW
-        urls = ",".join(origin.url(n) for n in range(first, min(first + URLS_PER_ROW, images)))
+        first = first_url + row * URLS_PER_ROW
+        last = first_url + images
+        urls = ",".join(origin.url(n) for n in range(first, min(first + URLS_PER_ROW, last)))
         lines.append(f'{row + 1},Product {row + 1},"{urls}"')
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -454,7 +461,7 @@ def _failure(status: dict[str, Any]) -> BenchError:
 
 
 def wait_until_completed(client: httpx.Client, request_id: str) -> dict[str, Any]:
-    """Poll GET /status every 0.25 s; raise unless the request completes without errors."""
+    """Poll GET /status every POLL_SECONDS; raise unless the request completes without errors."""
     finished, changed_at = -1, time.monotonic()
     while True:
         response = client.get(f"/status/{request_id}")
@@ -493,6 +500,7 @@ class CpuSnapshot:
     """CPU seconds so far of the service, the origin and the whole machine; origin requests."""
 
     service: float
+    event_loop: float  # the service's main thread: asyncio, HTTP, database; no codec
     origin: float
     machine: float
     served: int
@@ -500,7 +508,11 @@ class CpuSnapshot:
     @classmethod
     def take(cls, service: Service, origin: Origin) -> CpuSnapshot:
         return cls(
-            cpu_seconds(service.pid), origin.cpu_seconds(), machine_busy_seconds(), origin.served
+            service=cpu_seconds(service.pid),
+            event_loop=cpu_seconds(service.pid, main_thread_only=True),
+            origin=origin.cpu_seconds(),
+            machine=machine_busy_seconds(),
+            served=origin.served,
         )
 
 
@@ -509,11 +521,14 @@ class RunResult:
     images: int
     seconds: float
     images_per_s: float
+    limit_images_per_s: float  # mean of the codec limits measured just before and just after
+    limit_drift: float  # how far those two limits are apart, relative to their mean
     share_of_limit: float
     upload_answered_s: float
     peak_rss_mib: float  # VmHWM of the service process at the end of the run
     sampled_rss_mib: float  # the largest VmRSS seen by sampling every 0.1 s
     service_cpu_ms_per_image: float
+    event_loop_cpu_ms_per_image: float  # part of the above spent on the service's main thread
     origin_cpu_ms_per_request: float
     origin_requests: int
     cores_used: float  # (service + origin CPU) / wall time
@@ -536,6 +551,10 @@ class Observed:
 
 def run_end_to_end(origin: Origin, images: int) -> Observed:
     with running_service() as service, httpx.Client(base_url=service.base_url, timeout=60) as c:
+        # A fresh process pays one-off costs on its first images (libvips and pyvips set-up,
+        # first connections); a running service has paid them already.
+        warmup = upload(c, build_csv(origin, WARMUP_IMAGES, first_url=WARMUP_FIRST_URL))
+        wait_until_completed(c, warmup.request_id)
         body = build_csv(origin, images)
         sampler = RssSampler(service.pid)
         sampler.start()
@@ -549,7 +568,9 @@ def run_end_to_end(origin: Origin, images: int) -> Observed:
     return Observed(images, sent, status, observed_at, before, after, peak, sampler.peak_kib)
 
 
-def summarise(run: Observed, limit: CodecLimit) -> RunResult:
+def summarise(run: Observed, before: CodecLimit, after: CodecLimit) -> RunResult:
+    """The run's figures, against the codec limits measured just before and just after it."""
+    limit = (before.images_per_s + after.images_per_s) / 2
     seconds = completion_seconds(run.sent, run.status, run.observed_at)
     wall = run.observed_at - run.sent.sent_at
     service = run.after.service - run.before.service
@@ -560,11 +581,16 @@ def summarise(run: Observed, limit: CodecLimit) -> RunResult:
         images=run.images,
         seconds=seconds,
         images_per_s=run.images / seconds,
-        share_of_limit=run.images / seconds / limit.images_per_s,
+        limit_images_per_s=limit,
+        limit_drift=abs(before.images_per_s - after.images_per_s) / limit,
+        share_of_limit=run.images / seconds / limit,
         upload_answered_s=run.sent.answered_s,
         peak_rss_mib=run.peak_kib / 1024,
         sampled_rss_mib=run.sampled_kib / 1024,
         service_cpu_ms_per_image=service * 1000 / run.images,
+        event_loop_cpu_ms_per_image=(run.after.event_loop - run.before.event_loop)
+        * 1000
+        / run.images,
         origin_cpu_ms_per_request=origin * 1000 / max(served, 1),
         origin_requests=served,
         cores_used=(service + origin) / wall,
@@ -596,7 +622,9 @@ class Report:
     photos: str
     photo_set: str
     settings: dict[str, str]
-    codec: CodecLimit | None = None
+    codec: list[CodecLimit] = field(
+        default_factory=list
+    )  # one before the first run, one after each
     runs: list[RunResult] = field(default_factory=list)
     upload: UploadResult | None = None
     targets: dict[str, bool] = field(default_factory=dict)
@@ -625,11 +653,14 @@ def codec_line(limit: CodecLimit) -> str:
 def run_lines(run: RunResult) -> list[str]:
     return [
         f"end-to-end {run.images:>5} : {run.images_per_s:5.1f} images/s  "
-        f"= {run.share_of_limit:5.1%} of limit   peak RSS {run.peak_rss_mib:.0f} MiB   "
-        f"upload answered in {run.upload_answered_s:.2f} s",
-        f"   {'':>13}   CPU/image: service {run.service_cpu_ms_per_image:.1f} ms, "
-        f"origin {run.origin_cpu_ms_per_request:.2f} ms/request; "
-        f"{run.cores_used:.2f} cores busy, others {run.other_cores:.2f}; {run.seconds:.1f} s",
+        f"= {run.share_of_limit:5.1%} of limit ({run.limit_images_per_s:.1f}, the mean of the "
+        f"limits either side)",
+        f"{'':19}peak RSS {run.peak_rss_mib:.0f} MiB; upload answered in "
+        f"{run.upload_answered_s:.2f} s",
+        f"{'':19}{run.seconds:.1f} s; CPU per image: service {run.service_cpu_ms_per_image:.1f} ms "
+        f"(event loop {run.event_loop_cpu_ms_per_image:.1f}), "
+        f"origin {run.origin_cpu_ms_per_request:.2f} ms",
+        f"{'':19}cores busy: service + origin {run.cores_used:.2f}, others {run.other_cores:.2f}",
     ]
 
 
@@ -662,15 +693,26 @@ def target_lines(report: Report) -> list[str]:
 
 
 def load_warnings(report: Report) -> list[str]:
-    phases = [("codec limit", report.codec.other_cores)] if report.codec else []
+    phases = [(f"codec limit {n + 1}", limit.other_cores) for n, limit in enumerate(report.codec)]
     phases += [(f"end-to-end {run.images}", run.other_cores) for run in report.runs]
     busy = [f"{name}: {cores:.2f}" for name, cores in phases if cores > OTHER_LOAD_WARNING]
-    if not busy:
-        return []
-    return [
-        "warning: other processes used CPU meanwhile (cores; " + ", ".join(busy) + "): "
-        "these figures are not comparable, run again on a quiet machine"
+    drifted = [
+        f"{run.images}: {run.limit_drift:.0%}"
+        for run in report.runs
+        if run.limit_drift > DRIFT_WARNING
     ]
+    warnings = []
+    if busy:
+        warnings.append(
+            "warning: other processes used CPU meanwhile (cores; " + ", ".join(busy) + "): "
+            "these figures are not comparable, run again on a quiet machine"
+        )
+    if drifted:
+        warnings.append(
+            "warning: the codec limit moved during a run (" + ", ".join(drifted) + "): the "
+            "machine's speed is not steady, so that share is rough; run again"
+        )
+    return warnings
 
 
 def _size(run: RunResult) -> int:
@@ -737,13 +779,19 @@ def bench(args: argparse.Namespace, report: Report, photos: PhotoSet, origin: Or
         report.upload = run_upload_only(origin, args.upload_rows)
         _say(upload_line(report.upload))
         return args.json or RESULTS / "upload-latest.json"
-    report.codec = measure_codec_limit(photos.data, args.codec_images, report.cores)
-    _say(codec_line(report.codec))
+    before = measure_codec_limit(photos.data, args.codec_images, report.cores)
+    report.codec.append(before)
+    _say(codec_line(before))
     for size in args.sizes:
-        run = summarise(run_end_to_end(origin, size), report.codec)
+        observed = run_end_to_end(origin, size)
+        after = measure_codec_limit(photos.data, args.codec_images, report.cores)
+        report.codec.append(after)
+        run = summarise(observed, before, after)
         report.runs.append(run)
         for line in run_lines(run):
             _say(line)
+        _say(codec_line(after))
+        before = after
     if args.final_upload_rows > 0:
         report.upload = run_upload_only(origin, args.final_upload_rows)
         _say(upload_line(report.upload))
