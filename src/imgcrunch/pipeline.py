@@ -90,10 +90,10 @@ class Pipeline:
 
     async def process_batch(self, batch: Batch) -> bool:
         """Claim, process and record the batch's images; True if this call finished the request."""
-        claimed, quality = await self._claim(batch)
+        claimed = await self._claim(batch)
         if claimed:
             codec_options = codec.CodecOptions(
-                quality=quality,
+                quality=batch.quality,
                 max_pixels=self.options.max_pixels,
                 background=self.options.background,
             )
@@ -102,9 +102,11 @@ class Pipeline:
             )
             async with self.sessions.begin() as session:
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
+                if not await repository.is_complete(session, batch.request_id):
+                    return False  # the common case, answered without a session of its own
         return await self.finalize_if_complete(batch.request_id)
 
-    async def _claim(self, batch: Batch) -> tuple[list[ClaimedImage], int]:
+    async def _claim(self, batch: Batch) -> list[ClaimedImage]:
         now = utcnow()
         async with self.sessions.begin() as session:
             claimed = await repository.claim_images(
@@ -114,8 +116,7 @@ class Pipeline:
                 now=now,
                 stale_before=now - timedelta(seconds=self.options.claim_timeout),
             )
-            quality = await repository.request_quality(session, batch.request_id)
-        return claimed, quality
+        return claimed
 
     async def _process_image(
         self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions

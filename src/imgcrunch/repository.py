@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CursorResult,
     Integer,
@@ -269,6 +270,12 @@ async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
 
 # --- working on images ----------------------------------------------------------------------
 
+# The statements below run for every batch, so they are built once with bound parameters:
+# SQLAlchemy then skips constructing them and computing their cache keys on every call. They use
+# the tables (Core), not the ORM classes, for the same reason.
+_images = cast(Table, Image.__table__)
+_requests = cast(Table, Request.__table__)
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -277,13 +284,15 @@ class Batch:
     request_id: uuid.UUID
     first_id: int
     last_id: int
+    quality: int  # the request's JPEG quality, fixed at upload, carried so no batch asks again
 
 
 async def next_batch(
     session: AsyncSession, request_id: uuid.UUID, *, after_id: int, size: int
 ) -> Batch | None:
     result = await session.execute(
-        select(Image.id)
+        select(Image.id, Request.quality)
+        .join(Request, Request.id == Image.request_id)
         .where(
             Image.request_id == request_id,
             Image.status == ImageStatus.PENDING,
@@ -293,8 +302,10 @@ async def next_batch(
         .order_by(Image.id)
         .limit(size)
     )
-    ids = list(result.scalars())
-    return Batch(request_id, ids[0], ids[-1]) if ids else None
+    rows = result.all()
+    if not rows:
+        return None
+    return Batch(request_id, rows[0].id, rows[-1].id, rows[0].quality)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,33 +318,49 @@ async def claim_images(
     session: AsyncSession, batch: Batch, *, worker: str, now: datetime, stale_before: datetime
 ) -> list[ClaimedImage]:
     """Claim the batch's images that are still pending and not held by a live claim."""
-    result = await session.execute(
-        update(Image)
-        .where(
-            Image.request_id == batch.request_id,
-            Image.id.between(batch.first_id, batch.last_id),
-            Image.duplicate_of.is_(None),
-            Image.status == ImageStatus.PENDING,
-            or_(Image.claimed_at.is_(None), Image.claimed_at < stale_before),
-        )
-        .values(claimed_by=worker, claimed_at=now, attempts=Image.attempts + 1)
-        .returning(Image.id, Image.source_url)
-        .execution_options(synchronize_session=False)
+    connection = await session.connection()
+    result = await connection.execute(
+        _CLAIM,
+        {
+            "c_request": batch.request_id,
+            "c_first": batch.first_id,
+            "c_last": batch.last_id,
+            "c_stale_before": stale_before,
+            "c_worker": worker,
+            "c_now": now,
+        },
     )
     claimed = [ClaimedImage(id_, url) for id_, url in result]
     if claimed:
-        await session.execute(
-            update(Request)
-            .where(Request.id == batch.request_id, Request.status == RequestStatus.QUEUED)
-            .values(status=RequestStatus.PROCESSING, started_at=now, updated_at=now)
-        )
+        await connection.execute(_START, {"s_request": batch.request_id, "s_now": now})
     return sorted(claimed, key=lambda image: image.id)
 
 
-async def request_quality(session: AsyncSession, request_id: uuid.UUID) -> int:
-    return (
-        await session.execute(select(Request.quality).where(Request.id == request_id))
-    ).scalar_one()
+_CLAIM = (
+    update(_images)
+    .where(
+        _images.c.request_id == bindparam("c_request"),
+        _images.c.id.between(bindparam("c_first"), bindparam("c_last")),
+        _images.c.duplicate_of.is_(None),
+        _images.c.status == ImageStatus.PENDING,
+        or_(_images.c.claimed_at.is_(None), _images.c.claimed_at < bindparam("c_stale_before")),
+    )
+    .values(
+        claimed_by=bindparam("c_worker"),
+        claimed_at=bindparam("c_now"),
+        attempts=_images.c.attempts + 1,
+    )
+    .returning(_images.c.id, _images.c.source_url)
+)
+_START = (
+    update(_requests)
+    .where(_requests.c.id == bindparam("s_request"), _requests.c.status == RequestStatus.QUEUED)
+    .values(
+        status=RequestStatus.PROCESSING,
+        started_at=bindparam("s_now"),
+        updated_at=bindparam("s_now"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,7 +379,6 @@ class ImageResult:
         return self.error_code is None
 
 
-_images = cast(Table, Image.__table__)
 _RESULT_COLUMNS = (
     "status",
     "output_key",
@@ -436,17 +462,30 @@ async def record_results(
             else:
                 failed += 1
     if done or failed:
-        await session.execute(
-            update(Request)
-            .where(Request.id == request_id)
-            .values(
-                done_images=Request.done_images + done,
-                failed_images=Request.failed_images + failed,
-                bytes_in=Request.bytes_in + bytes_in,
-                bytes_out=Request.bytes_out + bytes_out,
-                updated_at=now,
-            )
+        await connection.execute(
+            _ADD_COUNTS,
+            {
+                "a_request": request_id,
+                "a_done": done,
+                "a_failed": failed,
+                "a_bytes_in": bytes_in,
+                "a_bytes_out": bytes_out,
+                "a_now": now,
+            },
         )
+
+
+_ADD_COUNTS = (
+    update(_requests)
+    .where(_requests.c.id == bindparam("a_request"))
+    .values(
+        done_images=_requests.c.done_images + bindparam("a_done", type_=Integer),
+        failed_images=_requests.c.failed_images + bindparam("a_failed", type_=Integer),
+        bytes_in=_requests.c.bytes_in + bindparam("a_bytes_in", type_=BigInteger),
+        bytes_out=_requests.c.bytes_out + bindparam("a_bytes_out", type_=BigInteger),
+        updated_at=bindparam("a_now"),
+    )
+)
 
 
 def _rowcount(result: Any) -> int:
