@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -55,3 +56,12 @@ def test_partial_writes_of_a_dead_process_are_removed(tmp_path: Path) -> None:
     assert [path.name for path in partial.iterdir()] == ["fresh"]
     assert storage.remove_partial_writes() == 1
     assert storage.get("kept") == b"x"
+
+
+def test_a_folder_removed_behind_its_back_is_made_again(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("images/r1/a.jpg", b"first")
+    shutil.rmtree(tmp_path / "images")
+    shutil.rmtree(tmp_path / ".partial")
+    storage.put("images/r1/b.jpg", b"second")
+    assert storage.get("images/r1/b.jpg") == b"second"
