@@ -176,9 +176,10 @@ class _PublicOnlyResolver(AbstractResolver):
 
 def _refuse_non_public(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     if not address.is_global:
+        where = f"{address}" if host == str(address) else f"{host} resolves to {address}, which"
         raise FetchError(
             "blocked_address",
-            f"{host} resolves to {address}, which is not a public address "
+            f"{where} is not a public address "
             "(set IMGCRUNCH_ALLOW_PRIVATE_NETWORKS=true for local sources)",
         )
 
