@@ -49,9 +49,8 @@ STALL_SECONDS = 60.0  # no image finished for this long: the service is stuck
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 TARGET_SHARE = 0.85  # end-to-end images/s as a share of the codec limit
-DRIFT_WARNING = (
-    0.15  # codec limits before and after a run this far apart: the machine's speed moved
-)
+# Codec limits before and after a run this far apart: the machine's speed moved meanwhile.
+DRIFT_WARNING = 0.15
 RSS_GROWTH_LIMIT = 0.10  # peak RSS of the largest run over that of the smallest
 LOG_TAIL_LINES = 40
 OTHER_LOAD_WARNING = 0.25  # cores used by other processes that make a figure suspect
@@ -625,9 +624,8 @@ class Report:
     photos: str
     photo_set: str
     settings: dict[str, str]
-    codec: list[CodecLimit] = field(
-        default_factory=list
-    )  # one before the first run, one after each
+    # One codec limit before the first run, then one after each run.
+    codec: list[CodecLimit] = field(default_factory=list)
     runs: list[RunResult] = field(default_factory=list)
     upload: UploadResult | None = None
     targets: dict[str, bool] = field(default_factory=dict)

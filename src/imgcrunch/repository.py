@@ -379,8 +379,8 @@ class ImageResult:
         return self.error_code is None
 
 
-_RESULT_COLUMNS = (
-    "status",
+# What a result sets on its image row: the status, then ImageResult's fields of the same names.
+_COPIED_COLUMNS = (
     "output_key",
     "bytes_in",
     "bytes_out",
@@ -389,6 +389,7 @@ _RESULT_COLUMNS = (
     "error_code",
     "error_message",
 )
+_RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
 _RECORD_CHUNK = 64  # images per statement: 9 parameters each, well inside every database's cap
 
 
@@ -427,17 +428,10 @@ def _record_parameters(results: Sequence[ImageResult], now: datetime) -> dict[st
     # Named r<n>_<column>: SQLAlchemy's own anonymous parameters look like <column>_<n>.
     parameters: dict[str, Any] = {"completed_at": now}
     for n, result in enumerate(results):
-        parameters |= {
-            f"r{n}_id": result.image_id,
-            f"r{n}_status": ImageStatus.DONE if result.ok else ImageStatus.FAILED,
-            f"r{n}_output_key": result.output_key,
-            f"r{n}_bytes_in": result.bytes_in,
-            f"r{n}_bytes_out": result.bytes_out,
-            f"r{n}_width": result.width,
-            f"r{n}_height": result.height,
-            f"r{n}_error_code": result.error_code,
-            f"r{n}_error_message": result.error_message,
-        }
+        parameters[f"r{n}_id"] = result.image_id
+        parameters[f"r{n}_status"] = ImageStatus.DONE if result.ok else ImageStatus.FAILED
+        for column in _COPIED_COLUMNS:
+            parameters[f"r{n}_{column}"] = getattr(result, column)
     return parameters
 
 

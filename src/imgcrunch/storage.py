@@ -35,9 +35,6 @@ def output_csv_key(request_id: uuid.UUID) -> str:
     return f"csv/{request_id}/output.csv"
 
 
-_MADE_REMEMBERED = 10_000
-
-
 class LocalStorage:
     """A folder on local disk (or a shared volume). Writes are atomic: temp file, fsync, rename.
 
@@ -48,7 +45,6 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._partial = root / ".partial"
-        self._made: set[Path] = set()  # folders known to exist: one mkdir each, not one per file
 
     def path(self, key: str) -> Path:
         relative = PurePosixPath(key)
@@ -58,19 +54,8 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes) -> None:
         target = self.path(key)
-        try:
-            self._write(target, data)
-        except FileNotFoundError:  # a folder made earlier was removed since
-            self._made.clear()
-            self._write(target, data)
-
-    def _write(self, target: Path, data: bytes) -> None:
-        for folder in (target.parent, self._partial):
-            if folder not in self._made:
-                folder.mkdir(parents=True, exist_ok=True)
-                if len(self._made) >= _MADE_REMEMBERED:  # one folder per request: stay bounded
-                    self._made.clear()
-                self._made.add(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._partial.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self._partial)
         try:
             with os.fdopen(fd, "wb") as file:
