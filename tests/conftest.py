@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from tests import servers
+
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
 
@@ -27,6 +29,32 @@ PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# --- PostgreSQL and Redis -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[servers.Postgres]:
+    server = servers.connect_postgres()
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[servers.Redis]:
+    server = servers.connect_redis()
+    yield server
+    server.clean()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind, for tests that must hold on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    postgres: servers.Postgres = request.getfixturevalue("postgres")
+    return postgres.new_database()
 
 
 # --- the image server -----------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""The queries behind claims, results and finalisation, on a real (SQLite) database."""
+"""The queries behind claims, results and finalisation, on real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -20,8 +19,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[SessionFactory]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+async def sessions(database_url: str) -> AsyncIterator[SessionFactory]:
+    engine = create_engine(database_url)
     await upgrade(engine)
     yield session_factory(engine)
     await engine.dispose()
@@ -233,3 +232,88 @@ async def test_a_big_batch_is_recorded_whole_with_each_image_its_own_outcome(
     assert by_url["http://a/5"] == ("k5", None)
     assert by_url["http://a/20"] == (None, "slow 20")
     assert rows[-2:] == [("http://a/0", None, "slow 0"), ("http://a/69", "k69", None)]
+
+
+async def test_only_stale_claims_are_released_as_batches_to_run_again(
+    sessions: SessionFactory,
+) -> None:
+    request_id = await create(sessions, *(row(n, f"http://a/{n}") for n in range(2, 9)))
+    batch = await whole_batch(sessions, request_id)
+    dead = await claim(sessions, batch, "dead-worker", age=-120)  # claimed two minutes ago
+    other = await create(sessions, row(2, "http://b/1"))
+    live = await claim(sessions, await whole_batch(sessions, other), "live-worker")
+    stale_before = utcnow() - timedelta(seconds=60)
+    async with sessions.begin() as session:
+        batches = await repository.release_stale_claims(
+            session, stale_before=stale_before, batch_size=3
+        )
+    assert [(b.request_id, b.first_id, b.last_id, b.quality) for b in batches] == [
+        (request_id, dead[0], dead[2], 50),
+        (request_id, dead[3], dead[5], 50),
+        (request_id, dead[6], dead[6], 50),
+    ]
+    # Released: the next sweep finds nothing to send again, and any worker may claim them.
+    async with sessions.begin() as session:
+        again = await repository.release_stale_claims(
+            session, stale_before=stale_before, batch_size=3
+        )
+    assert again == []
+    assert await claim(sessions, batch, "new-worker") == dead
+    assert await claim(sessions, await whole_batch(sessions, other), "new-worker") == []
+    assert live
+
+
+async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactory) -> None:
+    never_ingested = uuid.uuid4()
+    async with sessions.begin() as session:
+        await repository.create_request(
+            session,
+            NewRequest(
+                id=never_ingested,
+                total_images=1,
+                extra_columns=(),
+                quality=50,
+                input_key="csv/x.csv",
+            ),
+        )
+    recorded_not_finished = await create(sessions, row(2, "http://a/1"))
+    ids = await claim(sessions, await whole_batch(sessions, recorded_not_finished), "w1")
+    async with sessions.begin() as session:
+        result = ImageResult(image_id=ids[0], output_key="k")
+        await repository.record_results(session, recorded_not_finished, [result], now=utcnow())
+    still_working = await create(sessions, row(2, "http://a/2"))
+    async with sessions() as session:
+        assert await repository.uningested_request_ids(
+            session, created_before=utcnow() + timedelta(seconds=1)
+        ) == [never_ingested]
+        assert (
+            await repository.uningested_request_ids(
+                session, created_before=utcnow() - timedelta(seconds=60)
+            )
+            == []
+        )  # a young one is more likely on its way than lost
+        assert await repository.complete_unfinished_request_ids(session) == [recorded_not_finished]
+    assert still_working
+
+
+async def test_a_due_event_is_leased_to_one_caller_until_the_lease_ends(
+    sessions: SessionFactory,
+) -> None:
+    request_id = await create(sessions, row(2, "http://a/1"))
+    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    async with sessions.begin() as session:
+        result = ImageResult(image_id=ids[0], output_key="k")
+        await repository.record_results(session, request_id, [result], now=utcnow())
+    assert await finish(sessions, request_id, "msg_1")
+    now = utcnow()
+
+    async def lease(at: datetime) -> list[str]:
+        async with sessions.begin() as session:
+            leased = await repository.lease_due_deliveries(
+                session, now=at, lease_until=at + timedelta(seconds=70)
+            )
+        return [delivery.event_id for delivery in leased]
+
+    assert await lease(now) == ["msg_1"]
+    assert await lease(now) == []  # a second worker asking at the same time gets nothing
+    assert await lease(now + timedelta(seconds=71)) == ["msg_1"]  # its sender died: due again

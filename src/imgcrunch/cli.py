@@ -1,4 +1,4 @@
-"""`imgcrunch serve | migrate`."""
+"""`imgcrunch serve | worker | migrate`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (IMGCRUNCH_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (IMGCRUNCH_PORT)")
     commands.add_parser("migrate", help="create or upgrade the database schema")
-    args = parser.parse_args(argv)
+    worker = commands.add_parser(
+        "worker",
+        help="run a scale-out worker (Celery); other options go to `celery worker`",
+        description="Run a Celery worker for scale-out mode. Every option not listed here is "
+        "passed to `celery worker` as is, e.g. --concurrency 4, --queues imgcrunch, "
+        "--loglevel DEBUG, --pool solo (see `celery worker --help`).",
+    )
+    worker.add_argument("--loglevel", "-l", default="INFO", help="log level (default INFO)")
+    args, passed_through = parser.parse_known_args(argv)
+    if passed_through and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(passed_through)}")
 
     overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None))}
     settings = Settings(**overrides)
@@ -34,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "worker":
+        return _worker(settings, args.loglevel, passed_through)
     return _serve(settings)
 
 
@@ -42,6 +54,23 @@ def _migrate(settings: Settings) -> int:
 
     migrate(settings.database_url)
     logging.getLogger("imgcrunch").info("database is up to date")
+    return 0
+
+
+def _worker(settings: Settings, loglevel: str, celery_options: Sequence[str]) -> int:
+    try:
+        from imgcrunch import celery_app
+    except ImportError as exc:
+        raise SystemExit(
+            f"imgcrunch worker needs the scale-out extras: pip install 'imgcrunch[scale-out]' "
+            f"({exc})"
+        ) from None
+    from imgcrunch.celery_app import BATCHES_QUEUE, CONTROL_QUEUE
+
+    app = celery_app.configure(settings)
+    # Ours first: an option given again on the command line wins.
+    queues = f"{BATCHES_QUEUE},{CONTROL_QUEUE}"
+    app.worker_main(["worker", f"--loglevel={loglevel}", f"--queues={queues}", *celery_options])
     return 0
 
 

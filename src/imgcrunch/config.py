@@ -29,8 +29,14 @@ class Settings(BaseSettings):
         True  # `serve` applies migrations first; turn off when several replicas share a database
     )
 
-    queue: Literal["inline"] = "inline"
+    # Scale-out: `celery` sends the work to `imgcrunch worker` processes over the broker.
+    queue: Literal["inline", "celery"] = "inline"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_key_prefix: str = ""  # prepended to every broker key: several deployments, one Redis
+    # An unacknowledged message returns to the queue after this long; it must outlast any task.
+    broker_visibility_timeout: float = Field(default=7200.0, gt=0)
+    task_max_retries: int = Field(default=5, ge=0)  # transient failures: database or broker down
+    sweep_interval: float = Field(default=30.0, gt=0)  # re-running stale claims, and the like
 
     jpeg_quality: int = Field(default=50, ge=1, le=100)
     background: tuple[int, int, int] = (255, 255, 255)
@@ -64,6 +70,11 @@ class Settings(BaseSettings):
         if not self.public_base_url:
             self.public_base_url = f"http://localhost:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
+        if self.broker_visibility_timeout <= self.claim_timeout:
+            raise ValueError(
+                "IMGCRUNCH_BROKER_VISIBILITY_TIMEOUT must be longer than IMGCRUNCH_CLAIM_TIMEOUT "
+                "(the longest a batch may take), or the broker hands out batches still in work"
+            )
         return self
 
     @property

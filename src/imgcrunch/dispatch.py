@@ -1,4 +1,8 @@
-"""Who runs a unit of work, and where. Embedded mode: asyncio tasks inside the API server."""
+"""Who runs a unit of work, and where.
+
+Embedded mode: asyncio tasks inside the API server (`InlineDispatcher`). Scale-out mode: Celery
+workers, sent messages over the broker (`CeleryDispatcher`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from imgcrunch import repository
+from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.pipeline import Pipeline
 from imgcrunch.repository import Batch
 from imgcrunch.webhooks import Deliverer
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +122,11 @@ class InlineDispatcher:
     async def _feed_request(self, request_id: uuid.UUID) -> None:
         if not await self._pipeline.ingest(request_id):
             return
-        after_id = 0
-        while True:
-            async with self._sessions() as session:
-                batch = await repository.next_batch(
-                    session, request_id, after_id=after_id, size=self._batch_size
-                )
-            if batch is None:
-                break
+        sent = 0
+        async for batch in self._pipeline.pending_batches(request_id, batch_size=self._batch_size):
             await self._batches.put(batch)
-            after_id = batch.last_id
-        if after_id == 0 and await self._pipeline.finalize_if_complete(request_id):
+            sent += 1
+        if not sent and await self._pipeline.finalize_if_complete(request_id):
             # Everything was processed before a restart, but the request was not finalised.
             self._webhooks_due.set()
 
@@ -149,3 +151,59 @@ class InlineDispatcher:
                 await self._deliverer.deliver_due()
             except Exception:
                 log.exception("webhook delivery round failed")
+
+
+class CeleryDispatcher:
+    """The API side of scale-out mode: sends each request to the workers, and a periodic sweep.
+
+    Sending blocks on the broker, so it runs in a thread; a send that fails is logged and left
+    to the sweep, which re-sends what the database says was never picked up.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from imgcrunch import celery_app  # scale-out only: embedded installs have no Celery
+
+        self._celery_app = celery_app
+        self._sender: Celery = celery_app.make_celery(settings)
+        self._sweep_interval = settings.sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="imgcrunch-sweep")
+
+    def submit(self, request_id: uuid.UUID) -> None:
+        send = asyncio.get_running_loop().run_in_executor(
+            None, self._celery_app.send_ingest, self._sender, request_id
+        )
+        self._sends.add(send)
+        send.add_done_callback(self._sent)
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=10)
+        self._sender.close()
+
+    async def check_broker(self) -> None:
+        async with asyncio.timeout(5):
+            await asyncio.to_thread(self._celery_app.ping_broker, self._sender)
+
+    def _sent(self, send: asyncio.Future[None]) -> None:
+        self._sends.discard(send)
+        if not send.cancelled() and (error := send.exception()) is not None:
+            log.error("could not send a request to the workers (the sweep will): %s", error)
+
+    async def _sweep_periodically(self) -> None:
+        # At once on start too: whatever a crash left behind is picked up without waiting.
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self._celery_app.send_sweep, self._sender, expires=self._sweep_interval
+                )
+            except Exception as exc:
+                log.error("could not send the periodic sweep: %s", exc)
+            await asyncio.sleep(self._sweep_interval)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +33,13 @@ class PipelineOptions:
     background: tuple[int, int, int]
     max_in_flight: int  # images downloaded or being compressed at once: bounds memory
     claim_timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sweep:
+    batches: list[Batch]  # stale claims, released: send them again
+    uningested: list[uuid.UUID]  # requests whose rows were never stored: ingest them again
+    finalised: list[uuid.UUID]  # requests this sweep finalised
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,21 @@ class Pipeline:
         async with self.sessions.begin() as session:
             await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
         return True
+
+    async def pending_batches(
+        self, request_id: uuid.UUID, *, batch_size: int
+    ) -> AsyncIterator[Batch]:
+        """The request's pending images in batches of ids, read a page at a time."""
+        after_id = 0
+        while True:
+            async with self.sessions() as session:
+                batch = await repository.next_batch(
+                    session, request_id, after_id=after_id, size=batch_size
+                )
+            if batch is None:
+                return
+            yield batch
+            after_id = batch.last_id
 
     async def process_batch(self, batch: Batch) -> bool:
         """Claim, process and record the batch's images; True if this call finished the request."""
@@ -148,6 +170,35 @@ class Pipeline:
             width=encoded.width,
             height=encoded.height,
         )
+
+    async def release(self, batch: Batch) -> int:
+        """Give back this worker's claims on a batch it could not finish, for another run."""
+        async with self.sessions.begin() as session:
+            return await repository.release_claims(session, worker=self.worker_id, batch=batch)
+
+    async def sweep(self, *, batch_size: int) -> Sweep:
+        """Find work that a dead process left behind; finish what only needs finalising.
+
+        For several workers sharing a database: claims older than the claim timeout are
+        released and returned as batches to send again; requests never ingested are returned
+        to ingest again; requests with every image recorded but never finalised are finalised.
+        """
+        now = utcnow()
+        stale_before = now - timedelta(seconds=self.options.claim_timeout)
+        async with self.sessions.begin() as session:
+            batches = await repository.release_stale_claims(
+                session, stale_before=stale_before, batch_size=batch_size
+            )
+            uningested = await repository.uningested_request_ids(
+                session, created_before=stale_before
+            )
+            complete = await repository.complete_unfinished_request_ids(session)
+        finalised = [
+            request_id for request_id in complete if await self.finalize_if_complete(request_id)
+        ]
+        for batch in batches:
+            log.warning("re-running a stale claim: %s", batch)
+        return Sweep(batches=batches, uningested=uningested, finalised=finalised)
 
     async def finalize_if_complete(self, request_id: uuid.UUID) -> bool:
         """Write the output CSV, set the final status and queue the webhook, exactly once."""

@@ -496,19 +496,90 @@ async def is_complete(session: AsyncSession, request_id: uuid.UUID) -> bool:
     return bool(result.scalar())
 
 
-async def release_claims(session: AsyncSession, *, worker: str | None = None) -> int:
-    """Give back pending images claimed by `worker` (by anyone, when None) for another run."""
+async def release_claims(
+    session: AsyncSession, *, worker: str | None = None, batch: Batch | None = None
+) -> int:
+    """Give back pending images claimed by `worker` (by anyone, when None) for another run.
+
+    With `batch`, only that batch's images.
+    """
     statement = update(Image).where(
         Image.status == ImageStatus.PENDING, Image.claimed_at.is_not(None)
     )
     if worker is not None:
         statement = statement.where(Image.claimed_by == worker)
+    if batch is not None:
+        statement = statement.where(
+            Image.request_id == batch.request_id,
+            Image.id.between(batch.first_id, batch.last_id),
+        )
     result = await session.execute(
         statement.values(claimed_by=None, claimed_at=None).execution_options(
             synchronize_session=False
         )
     )
     return _rowcount(result)
+
+
+async def release_stale_claims(
+    session: AsyncSession, *, stale_before: datetime, batch_size: int
+) -> list[Batch]:
+    """Release claims older than `stale_before` (their worker died) as batches to run again.
+
+    Released, not only reported: an image waits for its new batch unclaimed, so the next sweep
+    does not send it a second time.
+    """
+    released = await session.execute(
+        update(_images)
+        .where(
+            _images.c.status == ImageStatus.PENDING,
+            _images.c.claimed_at < stale_before,
+        )
+        .values(claimed_by=None, claimed_at=None)
+        .returning(_images.c.request_id, _images.c.id)
+    )
+    ids_by_request: dict[uuid.UUID, list[int]] = {}
+    for request_id, image_id in released:
+        ids_by_request.setdefault(request_id, []).append(image_id)
+    if not ids_by_request:
+        return []
+    requests = await session.execute(
+        select(Request.id, Request.quality).where(Request.id.in_(ids_by_request))
+    )
+    qualities = {request_id: quality for request_id, quality in requests}
+    batches = []
+    for request_id, ids in ids_by_request.items():
+        ids.sort()
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            batches.append(Batch(request_id, chunk[0], chunk[-1], qualities[request_id]))
+    return batches
+
+
+async def uningested_request_ids(
+    session: AsyncSession, *, created_before: datetime
+) -> list[uuid.UUID]:
+    """Active requests whose rows were never stored: their ingest message was lost."""
+    result = await session.execute(
+        select(Request.id).where(
+            Request.status.in_(ACTIVE_STATUSES),
+            Request.ingested_at.is_(None),
+            Request.created_at < created_before,
+        )
+    )
+    return list(result.scalars())
+
+
+async def complete_unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
+    """Active requests with every image recorded: whoever recorded the last one died first."""
+    result = await session.execute(
+        select(Request.id).where(
+            Request.status.in_(ACTIVE_STATUSES),
+            Request.ingested_at.is_not(None),
+            Request.done_images + Request.failed_images >= Request.total_images,
+        )
+    )
+    return list(result.scalars())
 
 
 # --- finishing a request --------------------------------------------------------------------
@@ -563,17 +634,43 @@ async def finish_request(
 # --- the webhook outbox ---------------------------------------------------------------------
 
 
-async def due_deliveries(
-    session: AsyncSession, *, now: datetime, limit: int = 50
+async def lease_due_deliveries(
+    session: AsyncSession, *, now: datetime, lease_until: datetime, limit: int = 50
 ) -> list[WebhookDelivery]:
-    result = await session.execute(
-        select(WebhookDelivery)
+    """Take the events due now, each by one caller only: several workers may ask at once.
+
+    A leased event is not due again until `lease_until`, so one whose sender died is retried.
+    """
+    due = (
+        select(WebhookDelivery.id)
         .where(
             WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at <= now,
         )
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
+    )
+    # The due condition is checked again by the UPDATE itself: of two callers racing for a row,
+    # the second finds it leased (next_attempt_at moved on) and leaves it.
+    leased = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id.in_(due.scalar_subquery()),
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=lease_until)
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = list(leased.scalars())
+    if not ids:
+        return []
+    result = await session.execute(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids))
+        .order_by(WebhookDelivery.id)
+        .execution_options(populate_existing=True)
     )
     return list(result.scalars())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 from yarl import URL
@@ -54,6 +54,7 @@ class Deliverer:
         allow_private_networks: bool,
     ) -> None:
         self._sessions = sessions
+        self._lease = timedelta(seconds=timeout + 60)  # an attempt ends within its timeout
         self._allow_private_networks = allow_private_networks
         self._client = guarded_session(
             allow_private_networks=allow_private_networks,
@@ -66,8 +67,11 @@ class Deliverer:
 
     async def deliver_due(self) -> int:
         """Deliver every event that is due; returns how many were attempted."""
-        async with self._sessions() as session:
-            due = await repository.due_deliveries(session, now=utcnow())
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            due = await repository.lease_due_deliveries(
+                session, now=now, lease_until=now + self._lease
+            )
         for delivery in due:
             response_status, error = await self._send(
                 delivery.url, delivery.event_id, delivery.payload

@@ -1,4 +1,4 @@
-"""GET /healthz (the process answers) and GET /readyz (its database answers too)."""
+"""GET /healthz (the process answers) and GET /readyz (its database, and broker, answer too)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    if services.check_broker is not None:
+        try:
+            await services.check_broker()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

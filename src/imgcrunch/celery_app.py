@@ -1,0 +1,269 @@
+"""Scale-out mode: the Celery app, its thin tasks, and the API side that sends them work.
+
+A message only says "look at images X..Y of request R"; every fact is in the database. Tasks are
+idempotent (a redelivered batch claims nothing already done) and the broker is configured so a
+message is acknowledged only once its work is recorded.
+
+Each worker process runs the pipeline on an asyncio loop in a thread of its own, built after the
+fork, so the Celery pool (prefork by default, solo, threads) is free to be any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+from celery import Celery, Task, signals
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from imgcrunch.config import Settings
+from imgcrunch.repository import Batch
+from imgcrunch.runtime import Runtime, open_runtime, open_sessions
+
+log = logging.getLogger(__name__)
+
+BATCHES_QUEUE = "imgcrunch"
+# Ingests and sweeps get a queue of their own, so they never wait behind a big request's batches.
+CONTROL_QUEUE = "imgcrunch-control"
+
+INGEST = "imgcrunch.ingest"
+PROCESS_BATCH = "imgcrunch.process_batch"
+SWEEP = "imgcrunch.sweep"
+
+# The database or the broker is away for a moment: worth trying again, later.
+TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
+RETRY_BACKOFF_MAX = 300.0
+
+T = TypeVar("T")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
+    if settings.broker_key_prefix:
+        transport["global_keyprefix"] = settings.broker_key_prefix
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5.0,
+        # A message is acknowledged after its task ran, not when it was received; a worker that
+        # dies mid-task (even a killed pool process) puts it back in the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message reserved per process: a long batch never holds others a free worker could run.
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,  # results live in the database, not in a result backend
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": BATCHES_QUEUE,
+        "task_routes": {INGEST: {"queue": CONTROL_QUEUE}, SWEEP: {"queue": CONTROL_QUEUE}},
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("imgcrunch", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = Celery("imgcrunch")
+_settings: Settings | None = None
+_codec_threads: int | None = None
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the worker app at the settings' broker; every worker process inherits them."""
+    global _settings
+    _settings = settings
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@signals.celeryd_after_setup.connect
+def _size_codec_pool(sender: str, instance: Any, **_: Any) -> None:
+    # Celery's -c counts pool processes. Each prefork process compresses one batch at a time, so
+    # the cores are shared among them; a threads or solo pool shares one runtime and one pool.
+    global _codec_threads
+    cores = _current_settings().cpu_workers
+    prefork = "prefork" in getattr(instance.pool_cls, "__module__", "")
+    _codec_threads = max(1, cores // int(instance.concurrency)) if prefork else cores
+
+
+def _current_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+# --- one runtime per worker process ---------------------------------------------------------
+
+
+class WorkerRuntime:
+    """The pipeline of one worker process, on an event loop running in a thread of its own."""
+
+    def __init__(self, settings: Settings, *, codec_threads: int) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="imgcrunch-loop", daemon=True
+        )
+        self._thread.start()
+        self._stack = AsyncExitStack()
+        self.runtime: Runtime = self.run(self._open(codec_threads))
+
+    async def _open(self, codec_threads: int) -> Runtime:
+        sessions = await self._stack.enter_async_context(open_sessions(self.settings))
+        return await self._stack.enter_async_context(
+            open_runtime(self.settings, sessions, codec_threads=codec_threads)
+        )
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def close(self) -> None:
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+
+_runtime_lock = threading.Lock()
+_worker_runtime: WorkerRuntime | None = None
+
+
+def worker_runtime() -> WorkerRuntime:
+    """This process's runtime, built on first use: after the fork, never inherited across it."""
+    global _worker_runtime
+    with _runtime_lock:
+        if _worker_runtime is None or _worker_runtime.pid != os.getpid():
+            settings = _current_settings()
+            _worker_runtime = WorkerRuntime(
+                settings, codec_threads=_codec_threads or settings.cpu_workers
+            )
+            atexit.register(_close_runtime)
+        return _worker_runtime
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    global _worker_runtime
+    with _runtime_lock:
+        runtime, _worker_runtime = _worker_runtime, None
+    if runtime is not None and runtime.pid == os.getpid():
+        with contextlib.suppress(Exception):
+            runtime.close()
+
+
+# --- the tasks ------------------------------------------------------------------------------
+
+
+def _retry(task: Task, exc: BaseException) -> Exception:
+    countdown = get_exponential_backoff_interval(
+        factor=1, retries=task.request.retries, maximum=RETRY_BACKOFF_MAX, full_jitter=True
+    )
+    log.warning("%s: %s; retrying in %d s", task.name, exc, countdown)
+    retry: Exception = task.retry(
+        exc=exc, countdown=countdown, max_retries=_current_settings().task_max_retries
+    )
+    return retry
+
+
+@app.task(name=INGEST, bind=True)
+def ingest(task: Task, request_id: str) -> int:
+    """Store a request's rows from its kept CSV, then send its batches; returns how many."""
+    worker = worker_runtime()
+    try:
+        batches = worker.run(_ingest(worker, uuid.UUID(request_id)))
+    except TRANSIENT as exc:
+        raise _retry(task, exc) from exc
+    for batch in batches:
+        send_batch(app, batch)
+    return len(batches)
+
+
+async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> list[Batch]:
+    pipeline = worker.runtime.pipeline
+    if not await pipeline.ingest(request_id):
+        return []
+    batches = [
+        batch
+        async for batch in pipeline.pending_batches(
+            request_id, batch_size=worker.settings.batch_size
+        )
+    ]
+    if not batches and await pipeline.finalize_if_complete(request_id):
+        await worker.runtime.deliverer.deliver_due()
+    return batches
+
+
+@app.task(name=PROCESS_BATCH, bind=True)
+def process_batch(task: Task, request_id: str, first_id: int, last_id: int, quality: int) -> bool:
+    """Process one batch; True if it finished the request (and its webhook was sent)."""
+    worker = worker_runtime()
+    batch = Batch(uuid.UUID(request_id), first_id, last_id, quality)
+    try:
+        return worker.run(_process_batch(worker, batch))
+    except TRANSIENT as exc:
+        with contextlib.suppress(Exception):  # else its claims wait for the sweep
+            worker.run(worker.runtime.pipeline.release(batch))
+        raise _retry(task, exc) from exc
+
+
+async def _process_batch(worker: WorkerRuntime, batch: Batch) -> bool:
+    finished = await worker.runtime.pipeline.process_batch(batch)
+    if finished:
+        await worker.runtime.deliverer.deliver_due()
+    return finished
+
+
+@app.task(name=SWEEP)
+def sweep() -> None:
+    """Send again the work dead workers left behind; finalise and deliver what only waits."""
+    worker = worker_runtime()
+    found = worker.run(worker.runtime.pipeline.sweep(batch_size=worker.settings.batch_size))
+    for batch in found.batches:
+        send_batch(app, batch)
+    for request_id in found.uningested:
+        send_ingest(app, request_id)
+    worker.run(worker.runtime.deliverer.deliver_due())
+
+
+# --- sending work ---------------------------------------------------------------------------
+
+
+def send_batch(sender: Celery, batch: Batch) -> None:
+    sender.send_task(
+        PROCESS_BATCH,
+        args=[str(batch.request_id), batch.first_id, batch.last_id, batch.quality],
+        queue=BATCHES_QUEUE,
+    )
+
+
+def send_ingest(sender: Celery, request_id: uuid.UUID) -> None:
+    sender.send_task(INGEST, args=[str(request_id)], queue=CONTROL_QUEUE)
+
+
+def send_sweep(sender: Celery, *, expires: float) -> None:
+    # A sweep not run within its interval is replaced by the next one, not added to it.
+    sender.send_task(SWEEP, queue=CONTROL_QUEUE, expires=expires)
+
+
+def ping_broker(sender: Celery) -> None:
+    with sender.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)

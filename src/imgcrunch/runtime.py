@@ -1,0 +1,87 @@
+"""What a process needs to run the pipeline, built from the settings and closed in order.
+
+The API server builds one in embedded mode; each Celery worker process builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from imgcrunch import codec
+from imgcrunch.config import Settings
+from imgcrunch.db import SessionFactory, create_engine, session_factory
+from imgcrunch.fetcher import Fetcher, FetchLimits
+from imgcrunch.pipeline import Pipeline, PipelineOptions
+from imgcrunch.storage import LocalStorage
+from imgcrunch.webhooks import Deliverer
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    sessions: SessionFactory
+    storage: LocalStorage
+    pipeline: Pipeline
+    deliverer: Deliverer
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@asynccontextmanager
+async def open_sessions(settings: Settings) -> AsyncIterator[SessionFactory]:
+    engine = create_engine(settings.database_url)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, sessions: SessionFactory, *, codec_threads: int
+) -> AsyncIterator[Runtime]:
+    storage = LocalStorage(settings.storage_root)
+    codec.configure(concurrency=1)  # parallel across images, one thread each, not within one
+    codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="imgcrunch-codec")
+    fetcher = Fetcher(
+        FetchLimits(
+            max_bytes=settings.max_download_bytes,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            total_timeout=settings.fetch_timeout,
+            max_redirects=settings.max_redirects,
+            allow_private_networks=settings.allow_private_networks,
+        )
+    )
+    deliverer = Deliverer(
+        sessions,
+        timeout=settings.webhook_timeout,
+        allow_private_networks=settings.allow_private_networks,
+    )
+    pipeline = Pipeline(
+        sessions=sessions,
+        fetcher=fetcher,
+        storage=storage,
+        codec_pool=codec_pool,
+        options=PipelineOptions(
+            public_base_url=settings.public_base_url,
+            max_pixels=settings.max_pixels,
+            background=settings.background,
+            max_in_flight=settings.fetch_concurrency,
+            claim_timeout=settings.claim_timeout,
+        ),
+        worker_id=worker_id(),
+    )
+    try:
+        yield Runtime(settings, sessions, storage, pipeline, deliverer)
+    finally:
+        await fetcher.aclose()
+        await deliverer.aclose()
+        codec_pool.shutdown(wait=True, cancel_futures=True)
