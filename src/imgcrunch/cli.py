@@ -23,14 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (IMGCRUNCH_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (IMGCRUNCH_PORT)")
     commands.add_parser("migrate", help="create or upgrade the database schema")
-    worker = commands.add_parser(
+    commands.add_parser(
         "worker",
-        help="run a scale-out worker (Celery); other options go to `celery worker`",
-        description="Run a Celery worker for scale-out mode. Every option not listed here is "
-        "passed to `celery worker` as is, e.g. --concurrency 4, --queues imgcrunch, "
-        "--loglevel DEBUG, --pool solo (see `celery worker --help`).",
+        add_help=False,  # --help, like every other option, goes to `celery worker`
+        help="run a scale-out worker; its options are those of `celery worker` "
+        "(imgcrunch worker --help lists them)",
     )
-    worker.add_argument("--loglevel", "-l", default="INFO", help="log level (default INFO)")
     args, passed_through = parser.parse_known_args(argv)
     if passed_through and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(passed_through)}")
@@ -40,12 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for chatty in ("httpx", "pyvips"):  # a line per image is noise, not a log
+    for chatty in (
+        "httpx",
+        "pyvips",
+        "alembic.runtime.plugins",
+    ):  # a line per image is noise, not a log
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "worker":
-        return _worker(settings, args.loglevel, passed_through)
+        return _worker(settings, passed_through)
     return _serve(settings)
 
 
@@ -57,7 +59,7 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _worker(settings: Settings, loglevel: str, celery_options: Sequence[str]) -> int:
+def _worker(settings: Settings, celery_options: Sequence[str]) -> int:
     try:
         from imgcrunch import celery_app
     except ImportError as exc:
@@ -70,7 +72,7 @@ def _worker(settings: Settings, loglevel: str, celery_options: Sequence[str]) ->
     app = celery_app.configure(settings)
     # Ours first: an option given again on the command line wins.
     queues = f"{BATCHES_QUEUE},{CONTROL_QUEUE}"
-    app.worker_main(["worker", f"--loglevel={loglevel}", f"--queues={queues}", *celery_options])
+    app.worker_main(["worker", "--loglevel=INFO", f"--queues={queues}", *celery_options])
     return 0
 
 

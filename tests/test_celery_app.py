@@ -1,0 +1,329 @@
+"""Scale-out mode for real: the API and `imgcrunch worker` processes on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from imgcrunch.celery_app import celery_config
+from imgcrunch.config import Settings
+from tests import servers
+from tests.conftest import (
+    ImageServer,
+    Service,
+    ServiceFactory,
+    WebhookReceiver,
+    free_port,
+)
+
+IMAGES = 240  # 80 products of three photos: many batches, shared by both workers
+CLAIM_TIMEOUT = 3.0
+
+
+@dataclass
+class Worker:
+    """`imgcrunch worker` in a process group of its own, so it can be killed whole."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    # Options passed through to `celery worker`; mingle and gossip only slow a test's start.
+    options: list[str] = field(
+        default_factory=lambda: ["--concurrency", "1", "--without-mingle", "--without-gossip"]
+    )
+    process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "imgcrunch", "worker", "-n", f"{self.name}@%h"]
+        self.process = subprocess.Popen(
+            [*command, *self.options],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def pool_pids(self) -> list[int]:
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def kill_whole(self) -> None:
+        """SIGKILL the worker and its pool at once, as when its machine dies."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass
+class ScaleOut:
+    api: Service
+    workers: list[Worker]
+    database_url: str
+    key_prefix: str
+
+    def image_rows(self, request_id: str) -> list[tuple[str, str, str | None, int]]:
+        async def fetch() -> list[tuple[str, str, str | None, int]]:
+            url = self.database_url.replace("postgresql+asyncpg://", "postgresql://")
+            connection = await asyncpg.connect(url)
+            try:
+                rows = await connection.fetch(
+                    "SELECT source_url, status, output_key, attempts FROM images"
+                    " WHERE request_id = $1 ORDER BY id",
+                    request_id,
+                )
+            finally:
+                await connection.close()
+            return [tuple(row) for row in rows]
+
+        return asyncio.run(fetch())
+
+    def claims_held_by(self, pid: int) -> int:
+        async def count() -> int:
+            url = self.database_url.replace("postgresql+asyncpg://", "postgresql://")
+            connection = await asyncpg.connect(url)
+            try:
+                held: int = await connection.fetchval(
+                    "SELECT count(*) FROM images WHERE status = 'pending' AND claimed_by LIKE $1",
+                    f"%:{pid}",
+                )
+            finally:
+                await connection.close()
+            return held
+
+        return asyncio.run(count())
+
+
+@pytest.fixture
+def scale_out(
+    make_service: ServiceFactory,
+    postgres: servers.Postgres,
+    redis_server: servers.Redis,
+    tmp_path: Path,
+) -> Iterator[ScaleOut]:
+    database_url = postgres.new_database()
+    prefix = redis_server.new_prefix()
+    settings = {
+        "database_url": database_url,
+        "queue": "celery",
+        "broker_url": servers.REDIS_URL,
+        "broker_key_prefix": prefix,
+        "claim_timeout": str(CLAIM_TIMEOUT),
+        "sweep_interval": "1",
+        "batch_size": "8",
+    }
+    api = make_service(**settings)
+    workers = [Worker(name, api.env, tmp_path / f"{name}.log") for name in ("worker-a", "worker-b")]
+    try:
+        for worker in workers:
+            worker.spawn()
+        for worker in workers:
+            worker.wait_ready()
+        yield ScaleOut(api, workers, database_url, prefix)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def products_csv(urls: list[str]) -> str:
+    rows = "".join(
+        f'{n},Product {n},"{",".join(urls[3 * n : 3 * n + 3])}"\n' for n in range(len(urls) // 3)
+    )
+    return "S. No,Product Name,Input Image Urls\n" + rows
+
+
+def wait_for(condition: str, check: object, timeout: float = 60.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {condition}")
+
+
+def normalised_output(service: Service, request_id: str) -> list[list[str]]:
+    """The output CSV with this service's base URL and the request id taken out of its URLs."""
+    text = httpx.get(f"{service.base_url}/download/{request_id}").text
+    text = text.replace(f"{service.base_url}/images/{request_id}/", "<out>/")
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
+    scale_out: ScaleOut,
+    image_server: ImageServer,
+    webhook_receiver: WebhookReceiver,
+    make_service: ServiceFactory,
+) -> None:
+    urls = image_server.photo_urls(IMAGES, tag="scale-")
+    image_server.delay = 0.02  # a request that lasts long enough to kill a worker in it
+    try:
+        response = scale_out.api.upload(products_csv(urls), webhook_url=webhook_receiver.url)
+        assert response.status_code == 202, response.text
+        request_id = response.json()["request_id"]
+
+        doomed, survivor = scale_out.workers
+        pool_pid = doomed.pool_pids()[0]
+        wait_for("the doomed worker to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
+        doomed.kill_whole()
+        status = scale_out.api.wait_until_finished(request_id, timeout=120)
+    finally:
+        image_server.delay = 0.0
+
+    assert status["status"] == "completed", status
+    assert status["progress"] == {"total": IMAGES, "done": IMAGES, "failed": 0, "percent": 100.0}
+    # The dead worker's claims went stale and the sweep sent them to the survivor.
+    assert "re-running a stale claim" in survivor.log()
+    assert "imgcrunch.process_batch" in doomed.log()  # both workers took part
+
+    rows = scale_out.image_rows(request_id)
+    assert [url for url, *_ in rows] == urls  # every image once, none added
+    assert all(state == "done" and key for _, state, key, _ in rows)
+    assert any(attempts > 1 for *_, attempts in rows)  # the killed batch was run again
+
+    output = normalised_output(scale_out.api, request_id)
+    assert len(output) == 1 + IMAGES // 3
+    for key in {key for _, _, key, _ in rows if key}:
+        served = httpx.get(f"{scale_out.api.base_url}/{key}")
+        assert served.status_code == 200
+        assert served.headers["content-type"] == "image/jpeg"
+
+    # Exactly one webhook, for the one finalisation, whichever worker finished last.
+    time.sleep(1.0)  # room for a second one to arrive, were there one
+    assert len(webhook_receiver.received) == 1
+    assert f'"request_id":"{request_id}"' in webhook_receiver.received[0][1].decode()
+
+    # The same input through embedded mode gives the same output, byte for byte of each image.
+    embedded = make_service()
+    embedded_id = embedded.upload(products_csv(urls)).json()["request_id"]
+    assert embedded.wait_until_finished(embedded_id, timeout=120)["status"] == "completed"
+    assert normalised_output(embedded, embedded_id) == output
+
+
+def test_a_killed_pool_process_has_its_batch_redelivered(
+    scale_out: ScaleOut, image_server: ImageServer
+) -> None:
+    urls = image_server.photo_urls(48, tag="pool-kill-")
+    scale_out.workers[1].stop()  # one worker, so the one killed process surely held work
+    image_server.delay = 0.05
+    try:
+        request_id = scale_out.api.upload(products_csv(urls)).json()["request_id"]
+        worker = scale_out.workers[0]
+        pool_pid = worker.pool_pids()[0]
+        wait_for("the pool process to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
+        os.kill(pool_pid, signal.SIGKILL)  # Celery starts a new one; the message is requeued
+        status = scale_out.api.wait_until_finished(request_id, timeout=120)
+    finally:
+        image_server.delay = 0.0
+    assert status["progress"]["done"] == 48, status
+    assert "WorkerLostError" in worker.log()
+    assert [url for url, *_ in scale_out.image_rows(request_id)] == urls
+
+
+def test_readyz_reports_the_database_and_the_broker(
+    scale_out: ScaleOut, make_service: ServiceFactory
+) -> None:
+    ready = httpx.get(f"{scale_out.api.base_url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+    no_broker = make_service(
+        database_url=scale_out.database_url,
+        queue="celery",
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        auto_migrate="false",
+    )
+    answer = httpx.get(f"{no_broker.base_url}/readyz", timeout=30)
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["database"] == "ok"
+    assert answer.json()["checks"]["broker"].startswith("unreachable")
+
+
+def test_upload_is_accepted_while_the_broker_is_down_and_runs_once_it_is_back(
+    scale_out: ScaleOut, image_server: ImageServer, make_service: ServiceFactory
+) -> None:
+    # An API whose broker is unreachable still records the request (the database is the truth);
+    # the sweep of an API that can reach the broker sends it to the workers.
+    no_broker = make_service(
+        database_url=scale_out.database_url,
+        data_dir=str(scale_out.api.data_dir),  # the workers read the kept CSV from there
+        queue="celery",
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        auto_migrate="false",
+        claim_timeout=str(CLAIM_TIMEOUT),
+    )
+    response = no_broker.upload(products_csv(image_server.photo_urls(6, tag="lost-send-")))
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
+    status = scale_out.api.wait_until_finished(request_id, timeout=60)
+    assert status["status"] == "completed"
+
+
+def test_the_broker_is_configured_never_to_lose_a_message() -> None:
+    config = celery_config(Settings(broker_key_prefix="team-a:", claim_timeout=300))
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"]["visibility_timeout"] > 300
+    assert config["broker_transport_options"]["global_keyprefix"] == "team-a:"
+
+
+def test_worker_options_pass_through_to_celery() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imgcrunch", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--concurrency" in result.stdout
+    serve = subprocess.run(
+        [sys.executable, "-m", "imgcrunch", "serve", "--concurrency", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert serve.returncode == 2
+    assert re.search(r"unrecognized arguments: --concurrency 2", serve.stderr)
