@@ -35,6 +35,7 @@ test: lint
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

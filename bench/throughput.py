@@ -325,7 +325,7 @@ def passed_through_settings() -> dict[str, str]:
     }
 
 
-def service_env(data_dir: Path, port: int) -> dict[str, str]:
+def service_env(data_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("IMGCRUNCH_")}
     return (
         env
@@ -337,6 +337,7 @@ def service_env(data_dir: Path, port: int) -> dict[str, str]:
             "IMGCRUNCH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true",  # the origin is on loopback
         }
+        | (extra or {})
     )
 
 
@@ -346,7 +347,12 @@ class Service:
 
     data_dir: Path
     port: int = field(default_factory=free_port)
+    settings: dict[str, str] = field(default_factory=dict)  # IMGCRUNCH_* the bench sets itself
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return service_env(self.data_dir, self.port, self.settings)
 
     @property
     def base_url(self) -> str:
@@ -366,7 +372,7 @@ class Service:
             # cwd is the data folder, so a developer's .env in the repository does not apply.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "imgcrunch", "serve"],
-                env=service_env(self.data_dir, self.port),
+                env=self.env,
                 cwd=self.data_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -736,7 +742,8 @@ def _met(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
-def write_json(report: Report, path: Path) -> None:
+def write_json(report: Any, path: Path) -> None:
+    """A report (a dataclass instance) as JSON, in a folder git ignores."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ignore = path.parent / ".gitignore"
     if not ignore.exists():
