@@ -47,8 +47,10 @@ class Worker:
         default_factory=lambda: ["--concurrency", "1", "--without-mingle", "--without-gossip"]
     )
     process: subprocess.Popen[bytes] | None = None
+    _log_start: int = 0  # where this start's lines begin in the log
 
     def spawn(self) -> None:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         command = [sys.executable, "-m", "imgcrunch", "worker", "-n", f"{self.name}@%h"]
         self.process = subprocess.Popen(
@@ -65,7 +67,7 @@ class Worker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited at start:\n{self.log()}")
-            if " ready." in self.log():
+            if " ready." in self.log()[self._log_start :]:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker did not start:\n{self.log()}")
@@ -216,6 +218,8 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
     assert status["progress"] == {"total": IMAGES, "done": IMAGES, "failed": 0, "percent": 100.0}
     # The dead worker's claims went stale and the sweep sent them to the survivor.
     assert "re-running a stale claim" in survivor.log()
+    # One pool process (--concurrency 1) compresses on every core the settings give it.
+    assert f"with {len(os.sched_getaffinity(0))} codec threads" in survivor.log()
     assert "imgcrunch.process_batch" in doomed.log()  # both workers took part
 
     rows = scale_out.image_rows(request_id)
@@ -327,3 +331,37 @@ def test_worker_options_pass_through_to_celery() -> None:
     )
     assert serve.returncode == 2
     assert re.search(r"unrecognized arguments: --concurrency 2", serve.stderr)
+
+
+def test_a_worker_without_its_database_retries_a_bounded_number_of_times(
+    scale_out: ScaleOut, image_server: ImageServer, tmp_path: Path
+) -> None:
+    for worker in scale_out.workers:
+        worker.stop()
+    cut_off = Worker(
+        "cut-off",
+        scale_out.api.env
+        | {
+            # Nothing listens there: every task meets a refused database connection.
+            "IMGCRUNCH_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x",
+            "IMGCRUNCH_TASK_MAX_RETRIES": "2",
+        },
+        tmp_path / "cut-off.log",
+    )
+    cut_off.spawn()
+    try:
+        cut_off.wait_ready()
+        response = scale_out.api.upload(products_csv(image_server.photo_urls(6, tag="no-db-")))
+        request_id = response.json()["request_id"]
+        # The ingest is tried three times in all (backoff up to 1, then 2 s), then given up.
+        wait_for("the retries to run out", lambda: "giving up after 2" in cut_off.log(), 30)
+        assert cut_off.log().count("imgcrunch.ingest: ") == 3
+        assert cut_off.log().count("retrying in") == 2
+    finally:
+        cut_off.stop()
+    # Nothing was lost: the request is still queued, and a healthy worker's sweep ingests it.
+    assert httpx.get(f"{scale_out.api.base_url}/status/{request_id}").json()["status"] == "queued"
+    healthy = scale_out.workers[0]
+    healthy.spawn()
+    healthy.wait_ready()
+    assert scale_out.api.wait_until_finished(request_id, timeout=60)["status"] == "completed"

@@ -43,6 +43,7 @@ SWEEP = "imgcrunch.sweep"
 # The database or the broker is away for a moment: worth trying again, later.
 TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
 RETRY_BACKOFF_MAX = 300.0
+ABANDONED_WRITE_AGE = 3600.0  # seconds; a write takes milliseconds
 
 T = TypeVar("T")
 
@@ -152,10 +153,10 @@ def worker_runtime() -> WorkerRuntime:
     with _runtime_lock:
         if _worker_runtime is None or _worker_runtime.pid != os.getpid():
             settings = _current_settings()
-            _worker_runtime = WorkerRuntime(
-                settings, codec_threads=_codec_threads or settings.cpu_workers
-            )
+            threads = _codec_threads or settings.cpu_workers
+            _worker_runtime = WorkerRuntime(settings, codec_threads=threads)
             atexit.register(_close_runtime)
+            log.info("process %d runs the pipeline with %d codec threads", os.getpid(), threads)
         return _worker_runtime
 
 
@@ -173,15 +174,17 @@ def _close_runtime(**_: Any) -> None:
 # --- the tasks ------------------------------------------------------------------------------
 
 
-def _retry(task: Task, exc: BaseException) -> Exception:
+def _retry_unless_exhausted(task: Task, exc: BaseException) -> None:
+    """Raise Celery's Retry, with exponential backoff and jitter, while retries remain."""
+    max_retries = _current_settings().task_max_retries
+    if task.request.retries >= max_retries:
+        log.error("%s: %s; giving up after %d retries", task.name, exc, max_retries)
+        return
     countdown = get_exponential_backoff_interval(
         factor=1, retries=task.request.retries, maximum=RETRY_BACKOFF_MAX, full_jitter=True
     )
     log.warning("%s: %s; retrying in %d s", task.name, exc, countdown)
-    retry: Exception = task.retry(
-        exc=exc, countdown=countdown, max_retries=_current_settings().task_max_retries
-    )
-    return retry
+    task.retry(exc=exc, countdown=countdown, max_retries=max_retries)
 
 
 @app.task(name=INGEST, bind=True)
@@ -191,7 +194,8 @@ def ingest(task: Task, request_id: str) -> int:
     try:
         batches = worker.run(_ingest(worker, uuid.UUID(request_id)))
     except TRANSIENT as exc:
-        raise _retry(task, exc) from exc
+        _retry_unless_exhausted(task, exc)
+        raise
     for batch in batches:
         send_batch(app, batch)
     return len(batches)
@@ -222,7 +226,8 @@ def process_batch(task: Task, request_id: str, first_id: int, last_id: int, qual
     except TRANSIENT as exc:
         with contextlib.suppress(Exception):  # else its claims wait for the sweep
             worker.run(worker.runtime.pipeline.release(batch))
-        raise _retry(task, exc) from exc
+        _retry_unless_exhausted(task, exc)
+        raise
 
 
 async def _process_batch(worker: WorkerRuntime, batch: Batch) -> bool:
@@ -242,6 +247,8 @@ def sweep() -> None:
     for request_id in found.uningested:
         send_ingest(app, request_id)
     worker.run(worker.runtime.deliverer.deliver_due())
+    # Workers share the folder, so only a temp file far older than any write is abandoned.
+    worker.runtime.storage.remove_partial_writes(older_than=ABANDONED_WRITE_AGE)
 
 
 # --- sending work ---------------------------------------------------------------------------
