@@ -54,3 +54,15 @@ def test_nonsense_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMGCRUNCH_JPEG_QUALITY", "101")
     with pytest.raises(ValueError, match="jpeg_quality"):
         Settings()
+
+
+def test_a_visibility_timeout_shorter_than_a_claim_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMGCRUNCH_QUEUE", "celery")
+    monkeypatch.setenv("IMGCRUNCH_BROKER_VISIBILITY_TIMEOUT", "60")
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT must be longer than"):
+        Settings()
+    monkeypatch.setenv("IMGCRUNCH_QUEUE", "kafka")
+    with pytest.raises(ValueError, match="queue"):
+        Settings()

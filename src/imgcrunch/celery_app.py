@@ -1,4 +1,4 @@
-"""Scale-out mode: the Celery app, its thin tasks, and the API side that sends them work.
+"""Scale-out mode: the Celery app, its thin tasks, and the messages that set them going.
 
 A message only says "look at images X..Y of request R"; every fact is in the database. Tasks are
 idempotent (a redelivered batch claims nothing already done) and the broker is configured so a
