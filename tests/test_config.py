@@ -66,3 +66,8 @@ def test_a_visibility_timeout_shorter_than_a_claim_is_refused(
     monkeypatch.setenv("IMGCRUNCH_QUEUE", "kafka")
     with pytest.raises(ValueError, match="queue"):
         Settings()
+
+
+def test_allowed_hosts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCRUNCH_ALLOWED_HOSTS", " images.intranet , 127.0.0.1:8080,,[::1]:9000")
+    assert Settings().allowed_hosts == ("images.intranet", "127.0.0.1:8080", "[::1]:9000")

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import pytest
 
-from imgcrunch.fetcher import Fetcher, FetchError, FetchLimits, is_http_url
+from imgcrunch.fetcher import (
+    AddressGuard,
+    Fetcher,
+    FetchError,
+    FetchLimits,
+    is_http_url,
+    is_public,
+    literal_address,
+)
 from tests.conftest import PHOTOS, ImageServer, free_port
 
 pytestmark = pytest.mark.anyio
 
-LOCAL = FetchLimits(allow_private_networks=True, read_timeout=1, total_timeout=3)
+OPEN = AddressGuard(allow_private_networks=True)
+LOCAL = FetchLimits(guard=OPEN, read_timeout=1, total_timeout=3)
 
 
 async def fetch(url: str, limits: FetchLimits = LOCAL) -> bytes:
@@ -50,7 +61,7 @@ async def test_a_stalled_body_times_out(image_server: ImageServer) -> None:
 
 
 async def test_the_size_cap_holds_while_streaming(image_server: ImageServer) -> None:
-    limits = FetchLimits(allow_private_networks=True, max_bytes=1000)
+    limits = FetchLimits(guard=OPEN, max_bytes=1000)
     error = await failure(image_server.url(f"/photos/{PHOTOS[0].name}"), limits)
     assert error.code == "too_large"
     assert "1,000 byte limit" in error.message
@@ -113,3 +124,118 @@ def test_only_absolute_http_urls_pass() -> None:
     assert is_http_url("http://127.0.0.1:8000/a.jpg")
     for url in ("ftp://example.com/a.jpg", "example.com/a.jpg", "/a.jpg", "https:///a.jpg"):
         assert not is_http_url(url), url
+
+
+# --- the address guard, on -------------------------------------------------------------------
+
+NON_PUBLIC = [
+    "127.0.0.1",
+    "127.255.255.254",  # all of 127/8
+    "::1",
+    "0.0.0.0",
+    "::",
+    "10.0.0.1",
+    "172.16.5.4",
+    "192.168.1.1",
+    "169.254.169.254",  # cloud metadata
+    "fe80::1",
+    "100.64.0.1",  # carrier-grade NAT
+    "fc00::1",
+    "fd12:3456::1",
+    "224.0.0.1",  # multicast, which Python counts as global
+    "ff02::1",
+    "240.0.0.1",  # reserved
+    "255.255.255.255",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:169.254.169.254",
+    "::127.0.0.1",  # IPv4-compatible
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("address", NON_PUBLIC)
+def test_every_non_public_range_is_refused(address: str) -> None:
+    assert not is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
+def test_public_addresses_pass(address: str) -> None:
+    assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0x7f000001", "0x7f.0.0.1", "0177.0.0.1", "017700000001"]
+)
+def test_other_spellings_of_an_address_are_read_as_that_address(host: str) -> None:
+    assert literal_address(host) == ipaddress.IPv4Address("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/a.jpg",
+        "http://0x7f000001/a.jpg",
+        "http://0177.0.0.1/a.jpg",
+        "http://127.1/a.jpg",
+        "http://[::ffff:127.0.0.1]/a.jpg",
+        "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+        "http://0.0.0.0:8000/a.jpg",
+        "http://[::]:8000/a.jpg",
+        "http://100.64.0.1/a.jpg",
+        "http://[fd00::1]/a.jpg",
+    ],
+)
+async def test_spelled_and_mapped_addresses_are_refused_before_connecting(url: str) -> None:
+    error = await failure(url, FetchLimits(connect_timeout=1, total_timeout=2))
+    assert error.code == "blocked_address", error.message
+
+
+async def test_credentials_in_a_url_are_refused(image_server: ImageServer) -> None:
+    netloc = urlsplit(image_server.base_url).netloc
+    error = await failure(f"http://user:secret@{netloc}/photos/{PHOTOS[0].name}")
+    assert error.code == "http_error"
+    assert "credentials" in error.message
+    assert "secret" not in error.message
+
+
+def allowing(image_server: ImageServer) -> FetchLimits:
+    """The guard on, with the test server admitted by its exact host and port."""
+    netloc = urlsplit(image_server.base_url).netloc
+    return FetchLimits(
+        guard=AddressGuard(allowed_hosts=frozenset({netloc})), connect_timeout=1, total_timeout=3
+    )
+
+
+async def test_an_allowed_host_and_port_is_admitted_and_no_other(image_server: ImageServer) -> None:
+    limits = allowing(image_server)
+    port = urlsplit(image_server.base_url).port
+    photo = f"/photos/{PHOTOS[0].name}"
+    assert await fetch(image_server.url(photo), limits) == PHOTOS[0].read_bytes()
+    for other in (
+        f"http://127.0.0.1:{free_port()}{photo}",  # same host, another port
+        f"http://127.0.0.2:{port}{photo}",  # another loopback address, same port
+        f"http://localhost:{port}{photo}",  # the same server by another name
+        f"http://[::1]:{port}{photo}",
+    ):
+        error = await failure(other, limits)
+        assert error.code == "blocked_address", (other, error.message)
+
+
+async def test_a_redirect_from_an_allowed_host_to_another_loopback_one_is_refused(
+    image_server: ImageServer,
+) -> None:
+    limits = allowing(image_server)
+    port = urlsplit(image_server.base_url).port
+    for target in (
+        f"http://localhost:{port}/photos/{PHOTOS[0].name}",
+        f"http://127.0.0.1:{free_port()}/photos/{PHOTOS[0].name}",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433/",
+    ):
+        error = await failure(image_server.url(f"/redirect?to={target}"), limits)
+        assert error.code == "blocked_address", (target, error.message)
+    # A redirect that stays on the allowed host and port is followed.
+    relative = image_server.url(f"/redirect?to=/photos/{PHOTOS[1].name}")
+    assert await fetch(relative, limits) == PHOTOS[1].read_bytes()

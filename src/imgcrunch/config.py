@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _cores() -> int:
@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(default=60.0, gt=0)  # whole download, however slowly it drips
     max_redirects: int = Field(default=5, ge=0)
     allow_private_networks: bool = False
+    # Hosts admitted even on private addresses: `host` or `host:port`, comma-separated.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
     max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_csv_rows: int = Field(default=50_000, ge=1)
@@ -60,6 +62,13 @@ class Settings(BaseSettings):
     claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead
     shutdown_grace: float = Field(default=20.0, ge=0)  # SIGTERM: time given to in-flight images
     errors_in_status: int = Field(default=100, ge=0)  # failed images listed by GET /status
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

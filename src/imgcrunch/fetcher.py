@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,13 +35,32 @@ class FetchError(Exception):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AddressGuard:
+    """Where connections may go: public addresses, plus the hosts the operator allowed.
+
+    `allowed_hosts` holds `host` (any port) or `host:port` (`[v6]:port`) entries, matched
+    exactly, so a test server or an intranet origin can be let in without opening the rest.
+    """
+
+    allow_private_networks: bool = False
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def admits(self, host: str, port: int | None) -> bool:
+        if self.allow_private_networks:
+            return True
+        host = host.lower().rstrip(".")
+        spelled = f"[{host}]" if ":" in host else host
+        return host in self.allowed_hosts or f"{spelled}:{port}" in self.allowed_hosts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FetchLimits:
     max_bytes: int = 25 * 1024 * 1024
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     total_timeout: float = 60.0
     max_redirects: int = 5
-    allow_private_networks: bool = False
+    guard: AddressGuard = AddressGuard()
 
 
 class Fetcher:
@@ -49,7 +69,7 @@ class Fetcher:
     def __init__(self, limits: FetchLimits) -> None:
         self.limits = limits
         self._session = guarded_session(
-            allow_private_networks=limits.allow_private_networks,
+            guard=limits.guard,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
             ),
@@ -83,7 +103,7 @@ class Fetcher:
     async def _follow(self, url: URL) -> bytes:
         """Follow redirects by hand, so that every hop passes the address guard."""
         for _ in range(self.limits.max_redirects + 1):
-            check_destination(url, allow_private_networks=self.limits.allow_private_networks)
+            check_destination(url, self.limits.guard)
             async with self._session.get(url, allow_redirects=False) as response:
                 location = response.headers.get("Location")
                 if response.status not in _REDIRECTS or not location:
@@ -121,16 +141,16 @@ class Fetcher:
 
 def guarded_session(
     *,
-    allow_private_networks: bool,
+    guard: AddressGuard,
     timeout: aiohttp.ClientTimeout,
     headers: Mapping[str, str],
 ) -> aiohttp.ClientSession:
-    """A client session whose connections go only to public addresses, unless allowed.
+    """A client session whose connections go only where the guard admits.
 
     Names are checked by the resolver; literal addresses, which aiohttp does not resolve, are
     checked by `check_destination` before each request. No cookies are kept between requests.
     """
-    resolver = None if allow_private_networks else _PublicOnlyResolver()
+    resolver = None if guard.allow_private_networks else _GuardedResolver(guard)
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, resolver=resolver, ttl_dns_cache=10),
         timeout=timeout,
@@ -139,35 +159,77 @@ def guarded_session(
     )
 
 
-def check_destination(url: URL, *, allow_private_networks: bool) -> None:
-    """Refuse a non-HTTP URL, and a literal address outside public space unless allowed."""
+def check_destination(url: URL, guard: AddressGuard) -> None:
+    """Refuse a non-HTTP URL, one with credentials, and a literal non-public address."""
     if url.scheme not in ("http", "https") or not url.host:
         raise FetchError("http_error", f"not an http(s) URL: {str(url)[:200]}")
-    if allow_private_networks:
+    if url.user is not None or url.password is not None:
+        raise FetchError("http_error", "URLs with credentials (user:password@) are refused")
+    if guard.admits(url.host, url.port):
         return
+    address = literal_address(url.host)
+    if address is not None:
+        _refuse_non_public(url.host, address)
+    # else a name: the resolver checks every address it resolves to
+
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host spells, in any form a resolver would take: `127.1`, `2130706433`,
+    `0x7f000001` and `0177.0.0.1` are all 127.0.0.1."""
     try:
-        address = ipaddress.ip_address(url.host)
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return  # a name: the resolver checks what it resolves to
-    _refuse_non_public(url.host, address)
+        pass
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
-class _PublicOnlyResolver(AbstractResolver):
-    """The system resolver, refusing any name with an address outside public space.
+_NUMERIC_HOST = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", re.IGNORECASE)
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64, IPv4-compatible).
+_EMBEDDING_IPV4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable unicast, and so is every IPv4 address an IPv6 one carries inside."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+        embedded += [
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+            for network in _EMBEDDING_IPV4
+            if address in network
+        ]
+        return all(is_public(inner) for inner in embedded if inner is not None)
+    return True
+
+
+class _GuardedResolver(AbstractResolver):
+    """The system resolver, refusing a name with an address the guard does not admit.
 
     aiohttp connects to the addresses returned here and never resolves the name again, so the
     answer that was checked is the one used: DNS rebinding cannot slip in between.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
         self._system = aiohttp.ThreadedResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._system.resolve(host, port, family)
-        for result in results:
-            _refuse_non_public(host, ipaddress.ip_address(result["host"]))
+        if not self._guard.admits(host, port):
+            for result in results:
+                _refuse_non_public(host, ipaddress.ip_address(result["host"]))
         return results
 
     async def close(self) -> None:
@@ -175,12 +237,12 @@ class _PublicOnlyResolver(AbstractResolver):
 
 
 def _refuse_non_public(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    if not address.is_global:
+    if not is_public(address):
         where = f"{address}" if host == str(address) else f"{host} resolves to {address}, which"
         raise FetchError(
             "blocked_address",
-            f"{where} is not a public address "
-            "(set IMGCRUNCH_ALLOW_PRIVATE_NETWORKS=true for local sources)",
+            f"{where} is not a public address (set IMGCRUNCH_ALLOWED_HOSTS, or "
+            "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS=true, for local sources)",
         )
 
 

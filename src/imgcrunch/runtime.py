@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from imgcrunch import codec
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
-from imgcrunch.fetcher import Fetcher, FetchLimits
+from imgcrunch.fetcher import AddressGuard, Fetcher, FetchLimits
 from imgcrunch.pipeline import Pipeline, PipelineOptions
 from imgcrunch.storage import LocalStorage
 from imgcrunch.webhooks import Deliverer
@@ -50,6 +50,10 @@ async def open_runtime(
     storage = LocalStorage(settings.storage_root)
     codec.configure(concurrency=1)  # parallel across images, one thread each, not within one
     codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="imgcrunch-codec")
+    guard = AddressGuard(
+        allow_private_networks=settings.allow_private_networks,
+        allowed_hosts=frozenset(settings.allowed_hosts),
+    )
     fetcher = Fetcher(
         FetchLimits(
             max_bytes=settings.max_download_bytes,
@@ -57,13 +61,13 @@ async def open_runtime(
             read_timeout=settings.read_timeout,
             total_timeout=settings.fetch_timeout,
             max_redirects=settings.max_redirects,
-            allow_private_networks=settings.allow_private_networks,
+            guard=guard,
         )
     )
     deliverer = Deliverer(
         sessions,
         timeout=settings.webhook_timeout,
-        allow_private_networks=settings.allow_private_networks,
+        guard=guard,
     )
     pipeline = Pipeline(
         sessions=sessions,

@@ -12,7 +12,13 @@ from yarl import URL
 
 from imgcrunch import repository
 from imgcrunch.db import SessionFactory
-from imgcrunch.fetcher import USER_AGENT, FetchError, check_destination, guarded_session
+from imgcrunch.fetcher import (
+    USER_AGENT,
+    AddressGuard,
+    FetchError,
+    check_destination,
+    guarded_session,
+)
 from imgcrunch.models import DeliveryStatus, Request, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,13 +57,13 @@ class Deliverer:
         sessions: SessionFactory,
         *,
         timeout: float,
-        allow_private_networks: bool,
+        guard: AddressGuard,
     ) -> None:
         self._sessions = sessions
         self._lease = timedelta(seconds=timeout + 60)  # an attempt ends within its timeout
-        self._allow_private_networks = allow_private_networks
+        self._guard = guard
         self._client = guarded_session(
-            allow_private_networks=allow_private_networks,
+            guard=guard,
             timeout=aiohttp.ClientTimeout(total=timeout),
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         )
@@ -93,7 +99,7 @@ class Deliverer:
     async def _send(self, url: str, event_id: str, payload: str) -> tuple[int | None, str | None]:
         try:
             target = URL(url)
-            check_destination(target, allow_private_networks=self._allow_private_networks)
+            check_destination(target, self._guard)
             async with self._client.post(
                 target,
                 data=payload.encode(),
