@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import pickle
-import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgcrunch.csvio import (
     OUTPUT_HEADER,
@@ -540,21 +541,59 @@ OUTCOMES = {
 }
 
 
-def test_random_bytes_raise_only_csv_error() -> None:
-    rng = random.Random(0)
-    for _ in range(300):
-        data = rng.randbytes(rng.randrange(0, 200))
-        assert outcome(data) in OUTCOMES, data
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_raise_only_csv_error(data: bytes) -> None:
+    assert outcome(data) in OUTCOMES
 
 
-def test_random_csv_like_text_raises_only_csv_error() -> None:
-    rng = random.Random(0)
-    pieces = [",", ";", "\t", '"', "\r", "\n", " ", "1", "Mug", A, "ftp://x", HEADER, "\xe9"]
-    for _ in range(300):
-        start = rng.choice(["", f"{HEADER}\n"])
-        text = start + "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
-        data = text.encode(rng.choice(["utf-8", "cp1252"]))
-        assert outcome(data) in OUTCOMES, data
+CSV_PIECES = [",", ";", "\t", '"', "\r", "\n", " ", "1", "Mug", A, "ftp://x", HEADER, "\xe9"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.booleans(),
+    pieces=st.lists(st.sampled_from(CSV_PIECES), max_size=60),
+    encoding=st.sampled_from(["utf-8", "cp1252", "utf-8-sig"]),
+)
+def test_csv_like_text_raises_only_csv_error(
+    header: bool, pieces: list[str], encoding: str
+) -> None:
+    text = (f"{HEADER}\n" if header else "") + "".join(pieces)
+    assert outcome(text.encode(encoding)) in OUTCOMES
+
+
+NAMES = (
+    st.text(st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=30)
+    .map(str.strip)
+    .filter(bool)
+)
+URLS = st.builds(
+    "https://{}.example.com/{}.jpg".format,
+    st.from_regex(r"[a-z]{1,10}", fullmatch=True),
+    st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(NAMES, st.lists(URLS, min_size=1, max_size=4)), min_size=1, max_size=20
+    ),
+    delimiter=st.sampled_from([",", ";", "\t"]),
+)
+def test_any_well_formed_file_reads_back_as_written(
+    rows: list[tuple[str, list[str]]], delimiter: str
+) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter)
+    writer.writerow(["S. No", "Product Name", "Input Image Urls"])
+    for n, (name, urls) in enumerate(rows, start=1):
+        writer.writerow([str(n), name, ",".join(urls)])
+    parsed = parse(buffer.getvalue().encode())
+    assert [(row.serial, row.name, list(row.urls)) for row in parsed.rows] == [
+        (str(n), name, urls) for n, (name, urls) in enumerate(rows, start=1)
+    ]
 
 
 # --- output ----------------------------------------------------------------------------------
