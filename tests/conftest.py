@@ -71,6 +71,8 @@ class ImageServer:
     /stall.jpg          headers, then silence for `stall_seconds`
     /redirect?to=<url>  302 to that URL (relative or absolute)
     /loop               302 to itself
+    /flaky?fail=N&status=S&retry_after=T&key=K   S (default 503) for its first N hits, then a
+                        photo; each distinct query string counts its own hits
     """
 
     base_url: str
@@ -112,6 +114,8 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self._redirect(parse_qs(urlsplit(self.path).query)["to"][0])
             elif path == "/loop":
                 self._redirect("/loop")
+            elif path == "/flaky":
+                self._flaky(parse_qs(urlsplit(self.path).query))
             elif path == "/stall.jpg":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
@@ -120,6 +124,17 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(server_state.stall_seconds)
             else:
                 self._send(404, b"not found", "text/plain")
+
+        def _flaky(self, query: dict[str, list[str]]) -> None:
+            # Fails its first `fail` hits (per distinct URL) with `status`, then serves a photo.
+            if server_state.hits[self.path] <= int(query["fail"][0]):
+                self.send_response(int(query.get("status", ["503"])[0]))
+                if "retry_after" in query:
+                    self.send_header("Retry-After", query["retry_after"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._send(200, files[f"/photos/{PHOTOS[0].name}"], "image/jpeg")
 
         def _redirect(self, location: str) -> None:
             self.send_response(302)

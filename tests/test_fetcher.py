@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,6 +19,7 @@ from imgcrunch.fetcher import (
     is_http_url,
     is_public,
     literal_address,
+    retry_after_seconds,
 )
 from tests.conftest import PHOTOS, ImageServer, free_port
 
@@ -239,3 +243,54 @@ async def test_a_redirect_from_an_allowed_host_to_another_loopback_one_is_refuse
     # A redirect that stays on the allowed host and port is followed.
     relative = image_server.url(f"/redirect?to=/photos/{PHOTOS[1].name}")
     assert await fetch(relative, limits) == PHOTOS[1].read_bytes()
+
+
+# --- transient failures ------------------------------------------------------------------------
+
+
+async def test_a_5xx_then_200_origin_is_retried_until_it_answers(image_server: ImageServer) -> None:
+    path = "/flaky?fail=2&status=503&key=five-hundred"
+    assert await fetch(image_server.url(path)) == PHOTOS[0].read_bytes()
+    assert image_server.hits[path] == 3
+
+
+async def test_retries_are_bounded(image_server: ImageServer) -> None:
+    path = "/flaky?fail=9&status=502&key=bounded"
+    error = await failure(image_server.url(path), replace(LOCAL, retries=2, retry_backoff=0.01))
+    assert (error.code, error.status) == ("http_error", 502)
+    assert image_server.hits[path] == 3
+
+
+async def test_a_permanent_error_is_not_retried(image_server: ImageServer) -> None:
+    path = "/flaky?fail=1&status=404&key=permanent"
+    error = await failure(image_server.url(path))
+    assert (error.code, error.status) == ("http_error", 404)
+    assert image_server.hits[path] == 1
+
+
+async def test_retry_after_is_honoured(image_server: ImageServer) -> None:
+    path = "/flaky?fail=1&status=429&retry_after=1&key=polite"
+    started = time.monotonic()
+    assert await fetch(image_server.url(path), replace(LOCAL, retry_backoff=0))
+    assert time.monotonic() - started >= 1.0
+    assert image_server.hits[path] == 2
+
+
+async def test_a_retry_after_beyond_the_total_time_gives_up_at_once(
+    image_server: ImageServer,
+) -> None:
+    path = "/flaky?fail=1&status=503&retry_after=3600&key=too-long"
+    started = time.monotonic()
+    error = await failure(image_server.url(path))
+    assert (error.status, error.retry_after) == (503, 3600.0)
+    assert time.monotonic() - started < 1.0
+    assert image_server.hits[path] == 1
+
+
+def test_retry_after_may_be_a_date() -> None:
+    assert retry_after_seconds("120") == 120.0
+    soon = retry_after_seconds(format_datetime(datetime.now(UTC) + timedelta(seconds=30), True))
+    assert soon is not None
+    assert 25 <= soon <= 31
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert retry_after_seconds("soon") is None

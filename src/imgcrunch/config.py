@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     read_timeout: float = Field(default=15.0, gt=0)
     fetch_timeout: float = Field(default=60.0, gt=0)  # whole download, however slowly it drips
     max_redirects: int = Field(default=5, ge=0)
+    fetch_retries: int = Field(default=2, ge=0)  # after a timeout, connect error, 429 or 5xx
+    fetch_retry_backoff: float = Field(default=0.5, ge=0)  # doubled each time, with jitter
     allow_private_networks: bool = False
     # Hosts admitted even on private addresses: `host` or `host:port`, comma-separated.
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()

@@ -8,11 +8,14 @@ addresses that are connected to.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
+import random
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,11 +30,26 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 class FetchError(Exception):
     """code: blocked_address | dns_error | connect_error | timeout | http_error | too_large."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds the origin asked us to wait (Retry-After)
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try: the origin or the network may answer next time."""
+        if self.code in ("timeout", "connect_error"):
+            return True
+        return self.status is not None and (self.status == 429 or self.status >= 500)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +78,8 @@ class FetchLimits:
     read_timeout: float = 15.0
     total_timeout: float = 60.0
     max_redirects: int = 5
+    retries: int = 2  # further attempts after a transient failure (timeout, 429, 5xx...)
+    retry_backoff: float = 0.5  # seconds; doubled at each attempt, with full jitter
     guard: AddressGuard = AddressGuard()
 
 
@@ -80,8 +100,29 @@ class Fetcher:
         await self._session.close()
 
     async def fetch(self, url: str) -> bytes:
+        """The body, or FetchError; transient failures are tried again within the total time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.total_timeout
+        for attempt in range(self.limits.retries + 1):
+            try:
+                return await self._attempt(url, deadline)
+            except FetchError as error:
+                if attempt == self.limits.retries or not error.transient:
+                    raise
+                delay = self._delay(attempt, error.retry_after)
+                if loop.time() + delay >= deadline:
+                    raise  # the origin asks for more time than this download has left
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        return random.uniform(0, self.limits.retry_backoff * 2**attempt)
+
+    async def _attempt(self, url: str, deadline: float) -> bytes:
         try:
-            async with asyncio.timeout(self.limits.total_timeout):
+            async with asyncio.timeout_at(deadline):
                 return await self._follow(_parse(url))
         except aiohttp.ConnectionTimeoutError:
             raise FetchError("timeout", "connecting timed out") from None
@@ -117,6 +158,7 @@ class Fetcher:
                 "http_error",
                 f"HTTP {response.status} {response.reason or ''}".strip(),
                 status=response.status,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         declared = response.content_length
         if declared is not None and declared > self.limits.max_bytes:
@@ -137,6 +179,22 @@ class Fetcher:
             "too_large",
             f"image is over the {self.limits.max_bytes:,} byte limit (at least {size:,})",
         )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header, in seconds or as an HTTP date, as seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def guarded_session(

@@ -61,6 +61,8 @@ async def open_runtime(
             read_timeout=settings.read_timeout,
             total_timeout=settings.fetch_timeout,
             max_redirects=settings.max_redirects,
+            retries=settings.fetch_retries,
+            retry_backoff=settings.fetch_retry_backoff,
             guard=guard,
         )
     )
