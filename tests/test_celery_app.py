@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,8 +176,7 @@ def products_csv(urls: list[str]) -> str:
     return "S. No,Product Name,Input Image Urls\n" + rows
 
 
-def wait_for(condition: str, check: object, timeout: float = 60.0) -> None:
-    assert callable(check)
+def wait_for(condition: str, check: Callable[[], object], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
