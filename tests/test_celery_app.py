@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -106,36 +107,33 @@ class ScaleOut:
     database_url: str
     key_prefix: str
 
-    def image_rows(self, request_id: str) -> list[tuple[str, str, str | None, int]]:
-        async def fetch() -> list[tuple[str, str, str | None, int]]:
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """Rows of one query on the deployment's database, read directly."""
+
+        async def fetch() -> list[tuple[Any, ...]]:
             url = self.database_url.replace("postgresql+asyncpg://", "postgresql://")
             connection = await asyncpg.connect(url)
             try:
-                rows = await connection.fetch(
-                    "SELECT source_url, status, output_key, attempts FROM images"
-                    " WHERE request_id = $1 ORDER BY id",
-                    request_id,
-                )
+                return [tuple(row) for row in await connection.fetch(sql, *args)]
             finally:
                 await connection.close()
-            return [tuple(row) for row in rows]
 
         return asyncio.run(fetch())
 
-    def claims_held_by(self, pid: int) -> int:
-        async def count() -> int:
-            url = self.database_url.replace("postgresql+asyncpg://", "postgresql://")
-            connection = await asyncpg.connect(url)
-            try:
-                held: int = await connection.fetchval(
-                    "SELECT count(*) FROM images WHERE status = 'pending' AND claimed_by LIKE $1",
-                    f"%:{pid}",
-                )
-            finally:
-                await connection.close()
-            return held
+    def image_rows(self, request_id: str) -> list[tuple[Any, ...]]:
+        return self.query(
+            "SELECT source_url, status, output_key, attempts FROM images"
+            " WHERE request_id = $1 ORDER BY id",
+            request_id,
+        )
 
-        return asyncio.run(count())
+    def claims_held_by(self, pid: int) -> int:
+        rows = self.query(
+            "SELECT count(*) FROM images WHERE status = 'pending' AND claimed_by LIKE $1",
+            f"%:{pid}",
+        )
+        held: int = rows[0][0]
+        return held
 
 
 @pytest.fixture

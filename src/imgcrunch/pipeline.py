@@ -39,7 +39,6 @@ class PipelineOptions:
 class Sweep:
     batches: list[Batch]  # stale claims, released: send them again
     uningested: list[uuid.UUID]  # requests whose rows were never stored: ingest them again
-    finalised: list[uuid.UUID]  # requests this sweep finalised
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +192,11 @@ class Pipeline:
                 session, created_before=stale_before
             )
             complete = await repository.complete_unfinished_request_ids(session)
-        finalised = [
-            request_id for request_id in complete if await self.finalize_if_complete(request_id)
-        ]
+        for request_id in complete:
+            await self.finalize_if_complete(request_id)
         for batch in batches:
             log.warning("re-running a stale claim: %s", batch)
-        return Sweep(batches=batches, uningested=uningested, finalised=finalised)
+        return Sweep(batches=batches, uningested=uningested)
 
     async def finalize_if_complete(self, request_id: uuid.UUID) -> bool:
         """Write the output CSV, set the final status and queue the webhook, exactly once."""

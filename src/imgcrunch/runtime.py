@@ -23,7 +23,6 @@ from imgcrunch.webhooks import Deliverer
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    settings: Settings
     sessions: SessionFactory
     storage: LocalStorage
     pipeline: Pipeline
@@ -86,7 +85,7 @@ async def open_runtime(
         worker_id=worker_id(),
     )
     try:
-        yield Runtime(settings, sessions, storage, pipeline, deliverer)
+        yield Runtime(sessions, storage, pipeline, deliverer)
     finally:
         await fetcher.aclose()
         await deliverer.aclose()
