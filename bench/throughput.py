@@ -13,6 +13,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -104,6 +105,7 @@ class CodecLimit:
     single_thread_ms: float  # wall time per image, one image at a time
     cpu_ms_per_image: float  # process CPU per image in the threaded run
     other_cores: float  # CPU used by other processes on the machine meanwhile, in cores
+    page_faults_per_image: float  # minor page faults of this process per image, threaded run
 
 
 def _compress(data: bytes) -> codec.Compressed:
@@ -130,12 +132,14 @@ def measure_codec_limit(photos: Sequence[bytes], images: int, threads: int) -> C
         for _ in pool.map(_compress, list(photos) * threads):  # warm every thread
             pass
         cpu_started, busy_started = time.process_time(), machine_busy_seconds()
+        faults_started = own_page_faults()
         started = time.perf_counter()
         for _ in pool.map(_compress, (photos[n % len(photos)] for n in range(images))):
             pass
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
         other = machine_busy_seconds() - busy_started - cpu
+        faults = own_page_faults() - faults_started
     return CodecLimit(
         images_per_s=images / elapsed,
         threads=threads,
@@ -143,7 +147,12 @@ def measure_codec_limit(photos: Sequence[bytes], images: int, threads: int) -> C
         single_thread_ms=single_ms,
         cpu_ms_per_image=cpu * 1000 / images,
         other_cores=max(other, 0.0) / elapsed,
+        page_faults_per_image=faults / images,
     )
+
+
+def own_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 # --- /proc ------------------------------------------------------------------------------------
@@ -151,12 +160,21 @@ def measure_codec_limit(photos: Sequence[bytes], images: int, threads: int) -> C
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(path: str) -> list[str]:
+    """The fields of a /proc stat file after the command name, numbered from `state` = 0."""
+    return Path(path).read_text().rpartition(") ")[2].split()
+
+
 def cpu_seconds(pid: int, *, main_thread_only: bool = False) -> float:
     """User + system CPU of a live process: all its threads, or only its first one."""
     path = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
-    stat = Path(path).read_text()
-    fields = stat.rpartition(") ")[2].split()
+    fields = _stat_fields(path)
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of a live process so far: memory the kernel had to map and zero."""
+    return int(_stat_fields(f"/proc/{pid}/stat")[7])
 
 
 def machine_busy_seconds() -> float:
@@ -510,6 +528,7 @@ class CpuSnapshot:
     origin: float
     machine: float
     served: int
+    page_faults: int  # the service's
 
     @classmethod
     def take(cls, service: Service, origin: Origin) -> CpuSnapshot:
@@ -519,6 +538,7 @@ class CpuSnapshot:
             origin=origin.cpu_seconds(),
             machine=machine_busy_seconds(),
             served=origin.served,
+            page_faults=page_faults(service.pid),
         )
 
 
@@ -539,6 +559,7 @@ class RunResult:
     origin_requests: int
     cores_used: float  # (service + origin CPU) / seconds to completion
     other_cores: float  # CPU of every other process (the bench's own included) / wall time
+    page_faults_per_image: float  # the service's minor page faults per image
 
 
 @dataclass(frozen=True)
@@ -603,6 +624,7 @@ def summarise(run: Observed, before: CodecLimit, after: CodecLimit) -> RunResult
         # stretch that would make a short run look like it left cores unused.
         cores_used=(service + origin) / seconds,
         other_cores=max(other, 0.0) / wall,
+        page_faults_per_image=(run.after.page_faults - run.before.page_faults) / run.images,
     )
 
 
@@ -653,7 +675,8 @@ def codec_line(limit: CodecLimit) -> str:
     return (
         f"codec limit      : {limit.images_per_s:5.1f} images/s  ({limit.threads} threads; "
         f"{limit.single_thread_ms:.1f} ms/image on one thread, "
-        f"{limit.cpu_ms_per_image:.1f} ms CPU/image threaded)"
+        f"{limit.cpu_ms_per_image:.1f} ms CPU/image threaded, "
+        f"{limit.page_faults_per_image:.0f} page faults/image)"
     )
 
 
@@ -667,7 +690,8 @@ def run_lines(run: RunResult) -> list[str]:
         f"{'':19}{run.seconds:.1f} s; CPU per image: service {run.service_cpu_ms_per_image:.1f} ms "
         f"(event loop {run.event_loop_cpu_ms_per_image:.1f}), "
         f"origin {run.origin_cpu_ms_per_request:.2f} ms",
-        f"{'':19}cores busy: service + origin {run.cores_used:.2f}, others {run.other_cores:.2f}",
+        f"{'':19}cores busy: service + origin {run.cores_used:.2f}, others {run.other_cores:.2f}; "
+        f"page faults per image {run.page_faults_per_image:.0f}",
     ]
 
 

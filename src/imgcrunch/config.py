@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     fetch_concurrency: int = Field(default=16, ge=1)
     cpu_workers: int = Field(default_factory=_cores, ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=32, ge=1)  # per claim, record and scale-out message
     max_download_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=15.0, gt=0)

@@ -13,7 +13,11 @@ from typing import Protocol
 
 
 class Storage(Protocol):
-    """Blocking calls: the pipeline runs them in its worker threads, never on the event loop."""
+    """Blocking calls: the pipeline runs them in its worker threads, never on the event loop.
+
+    `put` of an image runs on the codec thread that made it, so it must be quick, as a local
+    disk or a mounted shared folder is; a slow remote store would leave that core idle.
+    """
 
     def put(self, key: str, data: bytes) -> None: ...
 
