@@ -69,6 +69,7 @@ class ImageServer:
     /missing.jpg        404           /error.jpg     500
     /page.jpg           HTML served as image/jpeg
     /stall.jpg          headers, then silence for `stall_seconds`
+    /slow.jpg?seconds=S a photo after S seconds of silence (any other query makes a distinct URL)
     /redirect?to=<url>  302 to that URL (relative or absolute)
     /loop               302 to itself
     /flaky?fail=N&status=S&retry_after=T&key=K   S (default 503) for its first N hits, then a
@@ -77,6 +78,7 @@ class ImageServer:
 
     base_url: str
     hits: Counter[str] = field(default_factory=Counter)
+    first_asked: dict[str, float] = field(default_factory=dict)  # path?query: time.monotonic()
     delay: float = 0.0  # added before every photo, to stretch a request over time
     stall_seconds: float = 30.0
 
@@ -101,11 +103,15 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             server_state.hits[self.path] += 1
+            server_state.first_asked.setdefault(self.path, time.monotonic())
             if path in files:
                 if server_state.delay:
                     time.sleep(server_state.delay)
                 kind = "image/png" if path.endswith(".png") else "image/jpeg"
                 self._send(200, files[path], kind)
+            elif path == "/slow.jpg":
+                time.sleep(float(parse_qs(urlsplit(self.path).query)["seconds"][0]))
+                self._send(200, files[f"/photos/{PHOTOS[0].name}"], "image/jpeg")
             elif path == "/page.jpg":
                 self._send(200, b"<!doctype html><html><body>Not here</body></html>", "image/jpeg")
             elif path == "/error.jpg":

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import pyvips
 
-from tests.conftest import ImageServer, Service, ServiceFactory, WebhookReceiver
+from tests.conftest import PHOTOS, ImageServer, Service, ServiceFactory, WebhookReceiver
 
 
 def read_csv(text: str) -> list[dict[str, str]]:
@@ -140,6 +140,28 @@ def test_broken_images_fail_alone_with_their_reasons(
     assert f"{missing}: http_error: HTTP 404" in rows[0]["Errors"]
     assert rows[1]["Output Image Urls"] == ""
     assert "timeout" in rows[1]["Errors"]
+
+
+def test_a_slow_origin_does_not_hold_up_the_others(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(FETCH_CONCURRENCY="4", FETCH_CONCURRENCY_PER_HOST="2")
+    port = httpx.URL(image_server.base_url).port
+    slow = [image_server.url(f"/slow.jpg?seconds=1.5&n=held-{n}") for n in range(6)]
+    fast = [f"http://localhost:{port}/photos/{PHOTOS[n].name}?n=held" for n in range(2)]
+    rows = [f"{n},P{n},{url}" for n, url in enumerate(slow + fast, 1)]
+    request_id = upload_ok(service, "S. No,Product Name,Input Image Urls\n" + "\n".join(rows))
+    assert service.wait_until_finished(request_id)["status"] == "completed"
+
+    def asked(url: str) -> float:
+        parts = httpx.URL(url)
+        return image_server.first_asked[f"{parts.path}?{parts.query.decode()}"]
+
+    # The slow origin had two downloads at a time; the other origin's images, listed after all
+    # six slow ones, were fetched while the first two were still running, not after.
+    waves = sorted(asked(url) for url in slow)
+    assert waves[2] - waves[0] >= 1.4
+    assert max(asked(url) for url in fast) < waves[2]
 
 
 def test_the_same_url_twice_is_downloaded_once(service: Service, image_server: ImageServer) -> None:

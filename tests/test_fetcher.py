@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from dataclasses import replace
@@ -294,3 +295,35 @@ def test_retry_after_may_be_a_date() -> None:
     assert 25 <= soon <= 31
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert retry_after_seconds("soon") is None
+
+
+# --- per-origin slots --------------------------------------------------------------------------
+
+
+async def test_one_origin_gets_at_most_its_share_of_slots() -> None:
+    fetcher = Fetcher(replace(LOCAL, per_host=2))
+    holding: dict[str, int] = {"slow": 0, "other": 0}
+    most: dict[str, int] = {"slow": 0, "other": 0}
+    release = asyncio.Event()
+
+    async def hold(name: str, url: str) -> None:
+        async with fetcher.host_slot(url):
+            holding[name] += 1
+            most[name] = max(most[name], holding[name])
+            await release.wait()
+            holding[name] -= 1
+
+    slow = [
+        asyncio.create_task(hold("slow", f"http://slow.example:8080/{n}.jpg")) for n in range(5)
+    ]
+    await asyncio.sleep(0.05)
+    # Five wait on one origin; another origin (another port counts) is not held up by them.
+    other = asyncio.create_task(hold("other", "http://slow.example:8081/a.jpg"))
+    await asyncio.sleep(0.05)
+    assert (holding["slow"], holding["other"]) == (2, 1)
+    release.set()
+    await asyncio.gather(*slow, other)
+    assert most == {"slow": 2, "other": 1}
+    async with fetcher.host_slot("http://slow.example:8080/again.jpg"):
+        pass  # slots come back once released
+    await fetcher.aclose()

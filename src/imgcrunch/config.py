@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=50_000_000, ge=1)
 
     fetch_concurrency: int = Field(default=16, ge=1)
+    fetch_concurrency_per_host: int = Field(default=8, ge=1)  # so a slow origin holds no more
     cpu_workers: int = Field(default_factory=_cores, ge=1)
     batch_size: int = Field(default=32, ge=1)  # per claim, record and scale-out message
     max_download_bytes: int = Field(default=25 * 1024 * 1024, ge=1)

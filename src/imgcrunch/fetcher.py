@@ -13,7 +13,8 @@ import ipaddress
 import random
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -80,7 +81,14 @@ class FetchLimits:
     max_redirects: int = 5
     retries: int = 2  # further attempts after a transient failure (timeout, 429, 5xx...)
     retry_backoff: float = 0.5  # seconds; doubled at each attempt, with full jitter
+    per_host: int = 8  # downloads from one origin at once (see Fetcher.host_slot)
     guard: AddressGuard = AddressGuard()
+
+
+@dataclass(slots=True)
+class _HostGate:
+    slots: asyncio.Semaphore
+    users: int = 0  # holding or waiting for a slot; the gate is dropped when none are left
 
 
 class Fetcher:
@@ -88,6 +96,7 @@ class Fetcher:
 
     def __init__(self, limits: FetchLimits) -> None:
         self.limits = limits
+        self._gates: dict[tuple[str, str, int | None], _HostGate] = {}
         self._session = guarded_session(
             guard=limits.guard,
             timeout=aiohttp.ClientTimeout(
@@ -98,6 +107,27 @@ class Fetcher:
 
     async def aclose(self) -> None:
         await self._session.close()
+
+    @asynccontextmanager
+    async def host_slot(self, url: str) -> AsyncIterator[None]:
+        """One of the `per_host` download slots of the URL's origin (scheme, host and port).
+
+        A caller that takes it before any other scarce resource (a memory slot) makes sure a
+        slow or stalling origin holds no more than `per_host` of them, whatever the share of
+        its URLs: images from other origins go on meanwhile.
+        """
+        key = _origin(url)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _HostGate(asyncio.Semaphore(self.limits.per_host))
+        gate.users += 1
+        try:
+            async with gate.slots:
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[key]
 
     async def fetch(self, url: str) -> bytes:
         """The body, or FetchError; transient failures are tried again within the total time."""
@@ -302,6 +332,14 @@ def _refuse_non_public(host: str, address: ipaddress.IPv4Address | ipaddress.IPv
             f"{where} is not a public address (set IMGCRUNCH_ALLOWED_HOSTS, or "
             "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS=true, for local sources)",
         )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), (parts.hostname or ""), parts.port
+    except ValueError:  # an unparseable URL fails in fetch; it shares one gate meanwhile
+        return "", url, None
 
 
 def _parse(url: str) -> URL:

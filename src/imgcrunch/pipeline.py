@@ -142,24 +142,19 @@ class Pipeline:
     async def _process_image(
         self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
     ) -> ImageResult:
-        async with self._in_flight:
-            try:
-                data = await self.fetcher.fetch(image.source_url)
-                loop = asyncio.get_running_loop()
-                encoded = await loop.run_in_executor(
-                    self.codec_pool, _encode_and_store, self.storage, request_id, data, options
-                )
-            except (FetchError, codec.CodecError) as exc:
-                return ImageResult(
-                    image_id=image.id, error_code=exc.code, error_message=exc.message
-                )
-            except Exception as exc:  # one bad image must never fail the batch
-                log.exception("image %s of request %s failed unexpectedly", image.id, request_id)
-                return ImageResult(
-                    image_id=image.id,
-                    error_code="internal_error",
-                    error_message=f"{type(exc).__name__}: {exc}",
-                )
+        try:
+            data = await self._download(image.source_url)
+        except Exception as exc:
+            return _failure(request_id, image, exc)
+        try:
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(
+                self.codec_pool, _encode_and_store, self.storage, request_id, data, options
+            )
+        except Exception as exc:
+            return _failure(request_id, image, exc)
+        finally:
+            self._in_flight.release()
         return ImageResult(
             image_id=image.id,
             output_key=encoded.key,
@@ -168,6 +163,21 @@ class Pipeline:
             width=encoded.width,
             height=encoded.height,
         )
+
+    async def _download(self, url: str) -> bytes:
+        """The image's bytes, with an in-flight slot held for the caller to release.
+
+        The origin's own slot is taken first, the in-flight slot only then: images queued
+        behind a slow origin hold none of the slots that bound memory, so images from other
+        origins go on meanwhile.
+        """
+        async with self.fetcher.host_slot(url):
+            await self._in_flight.acquire()
+            try:
+                return await self.fetcher.fetch(url)
+            except BaseException:
+                self._in_flight.release()
+                raise
 
     async def release(self, batch: Batch) -> int:
         """Give back this worker's claims on a batch it could not finish, for another run."""
@@ -251,6 +261,19 @@ def _encode_and_store(
     key = image_key(request_id, compressed.data, compressed.extension)
     storage.put(key, compressed.data)
     return _Encoded(key, compressed.data, compressed.width, compressed.height)
+
+
+def _failure(request_id: uuid.UUID, image: ClaimedImage, error: Exception) -> ImageResult:
+    """The result of an image that failed; call from the `except` that caught `error`."""
+    if isinstance(error, FetchError | codec.CodecError):
+        return ImageResult(image_id=image.id, error_code=error.code, error_message=error.message)
+    # Anything else is our bug, not the image's: log it, and still never fail the batch.
+    log.exception("image %s of request %s failed unexpectedly", image.id, request_id)
+    return ImageResult(
+        image_id=image.id,
+        error_code="internal_error",
+        error_message=f"{type(error).__name__}: {error}",
+    )
 
 
 def _output_row(

@@ -62,6 +62,7 @@ async def open_runtime(
             max_redirects=settings.max_redirects,
             retries=settings.fetch_retries,
             retry_backoff=settings.fetch_retry_backoff,
+            per_host=settings.fetch_concurrency_per_host,
             guard=guard,
         )
     )
