@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests import servers
+from tests.imaging import png_bomb
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
@@ -70,6 +71,15 @@ class ImageServer:
     /page.jpg           HTML served as image/jpeg
     /stall.jpg          headers, then silence for `stall_seconds`
     /slow.jpg?seconds=S a photo after S seconds of silence (any other query makes a distinct URL)
+
+    Hostile ones:
+    /drip.jpg           slowloris: a byte every 0.2 s, never silent long enough to time out a read
+    /endless.jpg        a chunked body that never ends
+    /short-length.jpg   Content-Length 2,000, then a whole photo (keep-alive: the rest is junk)
+    /long-length.jpg    Content-Length of twice the photo, half of it, then hangs up
+    /truncated.jpg      the first half of a photo, its length declared honestly
+    /bomb.png           a real 50,000 x 50,000 PNG (tests/imaging.png_bomb)
+    /not-http.jpg       a photo's bytes with no HTTP around them, then hangs up
     /redirect?to=<url>  302 to that URL (relative or absolute)
     /loop               302 to itself
     /flaky?fail=N&status=S&retry_after=T&key=K   S (default 503) for its first N hits, then a
@@ -112,6 +122,8 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
             elif path == "/slow.jpg":
                 time.sleep(float(parse_qs(urlsplit(self.path).query)["seconds"][0]))
                 self._send(200, files[f"/photos/{PHOTOS[0].name}"], "image/jpeg")
+            elif path in _HOSTILE:
+                getattr(self, _HOSTILE[path])()
             elif path == "/page.jpg":
                 self._send(200, b"<!doctype html><html><body>Not here</body></html>", "image/jpeg")
             elif path == "/error.jpg":
@@ -130,6 +142,49 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(server_state.stall_seconds)
             else:
                 self._send(404, b"not found", "text/plain")
+
+        def _drip(self) -> None:
+            self._head(200, "image/jpeg", length=100_000)
+            for byte in _endless(b"\xff"):
+                self.wfile.write(byte)
+                self.wfile.flush()
+                time.sleep(0.2)
+
+        def _endless(self) -> None:
+            self._head(200, "image/jpeg", chunked=True)
+            chunk = b"\xff" * 65536
+            for data in _endless(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"):
+                self.wfile.write(data)
+
+        def _short_length(self) -> None:
+            self._head(200, "image/jpeg", length=2000)
+            self.wfile.write(files[f"/photos/{PHOTOS[0].name}"])
+
+        def _long_length(self) -> None:
+            photo = files[f"/photos/{PHOTOS[0].name}"]
+            self._head(200, "image/jpeg", length=2 * len(photo))
+            self.wfile.write(photo)
+            self.close_connection = True
+
+        def _truncated(self) -> None:
+            photo = files[f"/photos/{PHOTOS[0].name}"]
+            self._send(200, photo[: len(photo) // 2], "image/jpeg")
+
+        def _bomb(self) -> None:
+            self._send(200, png_bomb(50_000, 50_000), "image/png")
+
+        def _not_http(self) -> None:
+            self.wfile.write(files[f"/photos/{PHOTOS[0].name}"])
+            self.close_connection = True
+
+        def _head(self, status: int, kind: str, *, length: int = 0, chunked: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(length))
+            self.end_headers()
 
         def _flaky(self, query: dict[str, list[str]]) -> None:
             # Fails its first `fail` hits (per distinct URL) with `status`, then serves a photo.
@@ -156,6 +211,26 @@ def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
     return Handler
+
+
+_HOSTILE = {
+    "/drip.jpg": "_drip",
+    "/endless.jpg": "_endless",
+    "/short-length.jpg": "_short_length",
+    "/long-length.jpg": "_long_length",
+    "/truncated.jpg": "_truncated",
+    "/bomb.png": "_bomb",
+    "/not-http.jpg": "_not_http",
+}
+_HOSTILE_FOR = 30.0  # seconds a hostile answer goes on if the client never hangs up
+
+
+def _endless(data: bytes) -> Iterator[bytes]:
+    """`data` again and again, for _HOSTILE_FOR seconds; a write to a client that hung up
+    raises ConnectionError, which ends the handler quietly (_Server.handle_error)."""
+    deadline = time.monotonic() + _HOSTILE_FOR
+    while time.monotonic() < deadline:
+        yield data
 
 
 class _Server(ThreadingHTTPServer):

@@ -5,6 +5,7 @@ pyvips is untyped, so its images are `VipsImage` (Any) here.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from pathlib import Path
@@ -116,6 +117,24 @@ def png_claiming(width: int, height: int) -> bytes:
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
         + _png_chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))  # one row of many
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def png_bomb(width: int, height: int) -> bytes:
+    """A complete, valid black 1-bit PNG of width x height: a decompression bomb. 50,000 x
+    50,000 is some 300 KB on the wire, 312 MB once inflated and 2.5 gigapixels decoded."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = (b"\x00" * (1 + (width + 7) // 8)) * 100  # filter byte + packed bits, 100 rows
+    squeeze = zlib.compressobj(9)
+    parts = [squeeze.compress(rows) for _ in range(height // 100)]
+    parts.append(squeeze.compress(rows[: (height % 100) * (len(rows) // 100)]))
+    parts.append(squeeze.flush())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
         + _png_chunk(b"IEND", b"")
     )
 

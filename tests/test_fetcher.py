@@ -327,3 +327,48 @@ async def test_one_origin_gets_at_most_its_share_of_slots() -> None:
     async with fetcher.host_slot("http://slow.example:8080/again.jpg"):
         pass  # slots come back once released
     await fetcher.aclose()
+
+
+# --- hostile origins ---------------------------------------------------------------------------
+
+
+async def test_a_slowloris_drip_ends_at_the_total_timeout(image_server: ImageServer) -> None:
+    # Never silent for a read timeout (1 s): only the total time (3 s) can end it.
+    started = time.monotonic()
+    error = await failure(image_server.url("/drip.jpg"))
+    assert (error.code, error.message) == ("timeout", "download took longer than 3 s")
+    assert time.monotonic() - started < 4
+
+
+async def test_an_endless_body_stops_at_the_size_cap(image_server: ImageServer) -> None:
+    error = await failure(image_server.url("/endless.jpg"), replace(LOCAL, max_bytes=1_000_000))
+    assert error.code == "too_large"
+
+
+async def test_a_body_longer_than_declared_is_cut_at_the_declared_length(
+    image_server: ImageServer,
+) -> None:
+    photo = f"/photos/{PHOTOS[1].name}"
+    fetcher = Fetcher(replace(LOCAL, per_host=1))
+    try:
+        assert len(await fetcher.fetch(image_server.url("/short-length.jpg"))) == 2000
+        # The junk that followed may reach the next answer on that connection, as a status line
+        # that is not HTTP; that attempt is retried on a new connection, and the photo arrives.
+        for _ in range(3):
+            assert await fetcher.fetch(image_server.url(photo)) == PHOTOS[1].read_bytes()
+    finally:
+        await fetcher.aclose()
+
+
+async def test_an_answer_that_is_not_http_is_named(image_server: ImageServer) -> None:
+    path = "/not-http.jpg?key=named"
+    error = await failure(image_server.url(path), replace(LOCAL, retry_backoff=0))
+    assert error.code == "connect_error"
+    assert error.message.startswith("the answer is not valid HTTP (")
+    assert image_server.hits[path] == 3  # retried: a new connection may do better
+
+
+async def test_a_body_shorter_than_declared_is_an_error(image_server: ImageServer) -> None:
+    error = await failure(image_server.url("/long-length.jpg"))
+    assert error.code == "connect_error"
+    assert error.message.startswith("the response broke off")

@@ -168,6 +168,11 @@ class Fetcher:
             raise FetchError("connect_error", f"could not connect ({exc})") from None
         except aiohttp.ClientPayloadError as exc:
             raise FetchError("connect_error", f"the response broke off ({exc})") from None
+        except aiohttp.ClientResponseError as exc:
+            # Raised by the parser (we never raise for a status): what came back is not HTTP.
+            # Retried like a broken connection: a new connection may well answer properly.
+            reason = (exc.message.splitlines() or ["unreadable"])[0].rstrip(":")
+            raise FetchError("connect_error", f"the answer is not valid HTTP ({reason})") from None
         except aiohttp.ClientError as exc:
             raise FetchError("connect_error", f"{type(exc).__name__}: {exc}") from None
 
