@@ -302,6 +302,47 @@ def test_limits_answer_413(make_service: ServiceFactory) -> None:
     assert too_big.json()["error"]["code"] == "file_too_large"
 
 
+def test_urls_per_row_and_url_length_are_limited(make_service: ServiceFactory) -> None:
+    service = make_service(MAX_URLS_PER_ROW="2", MAX_URL_LENGTH="40")
+    long_url = "https://example.com/" + "a" * 30 + ".jpg"
+    response = service.upload(
+        "S. No,Product Name,Input Image Urls\n"
+        '1,Many,"https://e.com/1.jpg,https://e.com/2.jpg,https://e.com/3.jpg"\n'
+        f"2,Long,{long_url}\n"
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [
+        {"row": 2, "column": "Input Image Urls", "reason": "3 image URLs, more than the 2 allowed"},
+        {
+            "row": 3,
+            "column": "Input Image Urls",
+            "reason": f"'{long_url}' is longer than 40 characters",
+        },
+    ]
+
+
+def test_webhook_urls_are_checked_at_upload(make_service: ServiceFactory) -> None:
+    service = make_service(ALLOW_PRIVATE_NETWORKS="false", MAX_URL_LENGTH="60")
+    csv_text = "S. No,Product Name,Input Image Urls\n1,A,https://example.com/a.jpg\n"
+    refused = {
+        "javascript:alert(1)": "is not an absolute http(s) URL",
+        "http://169.254.169.254/latest/": "169.254.169.254 is not a public address",
+        "http://0x7f000001/hook": "resolves to 127.0.0.1, which is not a public address",
+        "https://user:secret@hooks.example.com/": "credentials",
+        "https://hooks.example.com/" + "x" * 60: "longer than 60 characters",
+    }
+    for url, reason in refused.items():
+        response = service.upload(csv_text, webhook_url=url)
+        assert response.status_code == 422, url
+        error = response.json()["error"]
+        assert error["code"] == "invalid_webhook_url"
+        assert error["details"][0]["field"] == "webhook_url"
+        assert reason in error["details"][0]["reason"], (url, error)
+        assert "secret" not in json.dumps(error)
+    # A name is checked when the webhook is sent: its address may change meanwhile.
+    assert service.upload(csv_text, webhook_url="https://hooks.example.com/x").status_code == 202
+
+
 def test_wrong_form_fields_are_named(service: Service) -> None:
     with service.client() as client:
         wrong_field = client.post("/upload", files={"csv": ("p.csv", b"x", "text/csv")})

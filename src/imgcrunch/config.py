@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_csv_rows: int = Field(default=50_000, ge=1)
     max_urls_per_row: int = Field(default=100, ge=1)
+    max_url_length: int = Field(default=2048, ge=12)  # characters, image and webhook URLs
 
     webhook_timeout: float = Field(default=10.0, gt=0)
     claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead

@@ -252,6 +252,11 @@ def guarded_session(
     )
 
 
+def check_url(url: str, guard: AddressGuard) -> None:
+    """`check_destination` for a URL as text; FetchError says what is wrong with it."""
+    check_destination(_parse(url), guard)
+
+
 def check_destination(url: URL, guard: AddressGuard) -> None:
     """Refuse a non-HTTP URL, one with credentials, and a literal non-public address."""
     if url.scheme not in ("http", "https") or not url.host:

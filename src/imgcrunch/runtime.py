@@ -33,6 +33,14 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def address_guard(settings: Settings) -> AddressGuard:
+    """Where image downloads and webhooks may connect to."""
+    return AddressGuard(
+        allow_private_networks=settings.allow_private_networks,
+        allowed_hosts=frozenset(settings.allowed_hosts),
+    )
+
+
 @asynccontextmanager
 async def open_sessions(settings: Settings) -> AsyncIterator[SessionFactory]:
     engine = create_engine(settings.database_url)
@@ -49,10 +57,7 @@ async def open_runtime(
     storage = LocalStorage(settings.storage_root)
     codec.configure(concurrency=1)  # parallel across images, one thread each, not within one
     codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="imgcrunch-codec")
-    guard = AddressGuard(
-        allow_private_networks=settings.allow_private_networks,
-        allowed_hosts=frozenset(settings.allowed_hosts),
-    )
+    guard = address_guard(settings)
     fetcher = Fetcher(
         FetchLimits(
             max_bytes=settings.max_download_bytes,

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher
-from imgcrunch.runtime import open_runtime, open_sessions
+from imgcrunch.fetcher import AddressGuard
+from imgcrunch.runtime import address_guard, open_runtime, open_sessions
 from imgcrunch.storage import LocalStorage
 
 BrokerCheck = Callable[[], Awaitable[None]]
@@ -22,6 +23,7 @@ class Services:
     storage: LocalStorage
     dispatcher: Dispatcher
     check_broker: BrokerCheck | None  # None in embedded mode, which has no broker
+    guard: AddressGuard  # webhook URLs are checked against it at upload
 
 
 @asynccontextmanager
@@ -39,7 +41,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             dispatcher = await stack.enter_async_context(_inline_dispatcher(settings, sessions))
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
-        yield Services(settings, sessions, storage, dispatcher, check_broker)
+        yield Services(
+            settings, sessions, storage, dispatcher, check_broker, address_guard(settings)
+        )
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from imgcrunch import csvio, repository
 from imgcrunch.api.deps import ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import Accepted, ErrorBody
-from imgcrunch.fetcher import is_http_url
+from imgcrunch.fetcher import AddressGuard, FetchError, check_url, is_http_url
 from imgcrunch.storage import input_csv_key
 
 router = APIRouter(tags=["requests"])
@@ -34,10 +34,12 @@ async def upload(
         int | None, Form(ge=1, le=100, description="JPEG quality; default from the server")
     ] = None,
 ) -> Accepted:
-    webhook = _checked_webhook_url(webhook_url)
+    webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
     limits = csvio.Limits(
-        max_rows=settings.max_csv_rows, max_urls_per_row=settings.max_urls_per_row
+        max_rows=settings.max_csv_rows,
+        max_urls_per_row=settings.max_urls_per_row,
+        max_url_length=settings.max_url_length,
     )
     try:
         parsed = await asyncio.to_thread(csvio.parse, data, limits)
@@ -68,18 +70,30 @@ async def upload(
     )
 
 
-def _checked_webhook_url(url: str | None) -> str | None:
+def _checked_webhook_url(url: str | None, guard: AddressGuard, max_length: int) -> str | None:
+    """The webhook URL, or 422. A host name is checked again at every delivery (its address
+    may change); a literal address, credentials or a wrong scheme can be refused now."""
     if url is None or not url.strip():
         return None
     url = url.strip()
-    if len(url) > 2048 or not is_http_url(url):
-        raise ApiError(
-            422,
-            "invalid_webhook_url",
-            "webhook_url must be an absolute http(s) URL",
-            [{"field": "webhook_url", "reason": f"{url[:100]!r} is not an absolute http(s) URL"}],
-        )
+    if len(url) > max_length:
+        raise _bad_webhook_url(f"longer than {max_length} characters")
+    if not is_http_url(url):
+        raise _bad_webhook_url(f"{url[:100]!r} is not an absolute http(s) URL")
+    try:
+        check_url(url, guard)
+    except FetchError as exc:
+        raise _bad_webhook_url(exc.message) from None
     return url
+
+
+def _bad_webhook_url(reason: str) -> ApiError:
+    return ApiError(
+        422,
+        "invalid_webhook_url",
+        f"webhook_url cannot be used: {reason}",
+        [{"field": "webhook_url", "reason": reason}],
+    )
 
 
 async def _read_capped(file: UploadFile, limit: int) -> bytes:
