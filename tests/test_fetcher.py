@@ -345,19 +345,28 @@ async def test_an_endless_body_stops_at_the_size_cap(image_server: ImageServer) 
     assert error.code == "too_large"
 
 
-async def test_a_body_longer_than_declared_is_cut_at_the_declared_length(
+async def test_a_body_longer_than_declared_is_never_read_past_its_length(
     image_server: ImageServer,
 ) -> None:
     photo = f"/photos/{PHOTOS[1].name}"
-    fetcher = Fetcher(replace(LOCAL, per_host=1))
+    fetcher = Fetcher(replace(LOCAL, per_host=1, retries=0))
     try:
-        assert len(await fetcher.fetch(image_server.url("/short-length.jpg"))) == 2000
-        # The junk that followed may reach the next answer on that connection, as a status line
-        # that is not HTTP; that attempt is retried on a new connection, and the photo arrives.
-        for _ in range(3):
-            assert await fetcher.fetch(image_server.url(photo)) == PHOTOS[1].read_bytes()
+        # aiohttp stops at the declared 2,000 bytes; when the junk after them arrives in the
+        # same read, it is parsed as the next answer and the whole answer is refused as not HTTP.
+        liar = image_server.url("/short-length.jpg")
+        outcomes = [await _outcome(fetcher, liar) for _ in range(5)]
+        assert set(outcomes) <= {"2000 bytes", "the answer is not valid HTTP (Bad status line)"}
+        # Nothing of it reaches the next image from that origin.
+        assert await fetcher.fetch(image_server.url(photo)) == PHOTOS[1].read_bytes()
     finally:
         await fetcher.aclose()
+
+
+async def _outcome(fetcher: Fetcher, url: str) -> str:
+    try:
+        return f"{len(await fetcher.fetch(url))} bytes"
+    except FetchError as error:
+        return error.message
 
 
 async def test_an_answer_that_is_not_http_is_named(image_server: ImageServer) -> None:

@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Service
+from tests.conftest import Service, ServiceFactory
 
 CHECKS = [
     not_a_server_error,
@@ -27,6 +27,17 @@ CHECKS = [
 
 
 def test_no_input_gets_a_server_error_or_an_undocumented_answer(service: Service) -> None:
+    fuzz(service)
+
+
+def test_the_same_holds_with_api_keys_on(make_service: ServiceFactory) -> None:
+    key = "fuzz-" + "k" * 24
+    keyed = make_service(API_KEYS=key)
+    fuzz(keyed, headers={"Authorization": f"Bearer {key}"}, examples=15)  # as its owner
+    fuzz(keyed, examples=10)  # and as nobody: 401 everywhere but health and the docs
+
+
+def fuzz(service: Service, *, headers: dict[str, str] | None = None, examples: int = 40) -> None:
     # schemathesis' own pytest plugin does not run under this pytest, so each operation's
     # strategy is driven by hypothesis here.
     schema = schemathesis.openapi.from_url(f"{service.base_url}/openapi.json")
@@ -38,9 +49,9 @@ def test_no_input_gets_a_server_error_or_an_undocumented_answer(service: Service
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case[Any]) -> None:
-            case.call_and_validate(base_url=service.base_url, checks=CHECKS)
+            case.call_and_validate(base_url=service.base_url, headers=headers, checks=CHECKS)
 
         try:
             check()

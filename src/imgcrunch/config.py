@@ -14,10 +14,16 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MIN_API_KEY_LENGTH = 16
+
+
 class Settings(BaseSettings):
     """Defaults make `make run` work on a fresh machine; derived paths follow `data_dir`."""
 
-    model_config = SettingsConfigDict(env_prefix="IMGCRUNCH_", env_file=".env", extra="ignore")
+    # Errors name the setting, never its value: keys and database passwords would end up in logs.
+    model_config = SettingsConfigDict(
+        env_prefix="IMGCRUNCH_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -57,6 +63,10 @@ class Settings(BaseSettings):
     # Hosts admitted even on private addresses: `host` or `host:port`, comma-separated.
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
+    # `key` or `owner:key`, comma-separated; when set, the API answers only with a key, and each
+    # key's owner sees only its own requests (see api/auth.py).
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+
     max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_csv_rows: int = Field(default=50_000, ge=1)
     max_urls_per_row: int = Field(default=100, ge=1)
@@ -72,6 +82,27 @@ class Settings(BaseSettings):
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            owner, _, key = entry.rpartition(":")
+            if len(key) < MIN_API_KEY_LENGTH:
+                # Never echo the key itself: this message ends up in logs.
+                named = f" (owner {owner!r})" if owner else ""
+                raise ValueError(
+                    f"an API key{named} is shorter than {MIN_API_KEY_LENGTH} characters; "
+                    "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
         return value
 
     @model_validator(mode="after")

@@ -54,6 +54,7 @@ class NewRequest:
     quality: int
     input_key: str
     webhook_url: str | None = None
+    owner: str | None = None  # the API key's owner that created it; None when keys are off
 
 
 async def create_request(session: AsyncSession, new: NewRequest) -> None:
@@ -71,6 +72,7 @@ async def create_request(session: AsyncSession, new: NewRequest) -> None:
             bytes_in=0,
             bytes_out=0,
             input_key=new.input_key,
+            owner=new.owner,
         )
     )
     await session.flush()

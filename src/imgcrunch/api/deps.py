@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgcrunch.api.errors import ApiError
@@ -47,3 +48,31 @@ def parse_request_id(request_id: str) -> uuid.UUID:
 
 
 RequestIdDep = Annotated[uuid.UUID, Depends(parse_request_id)]
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A key from IMGCRUNCH_API_KEYS; needed only where the server has keys.",
+)
+
+
+async def current_owner(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The caller's owner name (api/auth.py); None when keys are off. 401 without a valid key."""
+    if not services.api_keys.enabled:
+        return None
+    if credentials is None:
+        raise _unauthorized("this server needs an API key: send Authorization: Bearer <key>")
+    owner = services.api_keys.owner_of(credentials.credentials)
+    if owner is None:
+        raise _unauthorized("the API key is not valid")
+    return owner
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+OwnerDep = Annotated[str | None, Depends(current_owner)]

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from imgcrunch.api.auth import ApiKeys
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher
@@ -24,6 +25,7 @@ class Services:
     dispatcher: Dispatcher
     check_broker: BrokerCheck | None  # None in embedded mode, which has no broker
     guard: AddressGuard  # webhook URLs are checked against it at upload
+    api_keys: ApiKeys
 
 
 @asynccontextmanager
@@ -42,7 +44,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         yield Services(
-            settings, sessions, storage, dispatcher, check_broker, address_guard(settings)
+            settings,
+            sessions,
+            storage,
+            dispatcher,
+            check_broker,
+            address_guard(settings),
+            ApiKeys.parse(settings.api_keys),
         )
 
 

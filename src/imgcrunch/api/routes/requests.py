@@ -9,26 +9,29 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from imgcrunch import repository
-from imgcrunch.api.deps import RequestIdDep, ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import ErrorBody, ImageError, Progress, Status, WebhookState
 from imgcrunch.models import ACTIVE_STATUSES, Request
 
 router = APIRouter(tags=["requests"])
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404)}
 
 
-async def _load(session: SessionDep, request_id: RequestIdDep) -> Request:
+async def _load(session: SessionDep, request_id: RequestIdDep, owner: str | None) -> Request:
     request = await repository.get_request(session, request_id)
-    if request is None:
+    # Another key's request is not found, exactly like an unknown one: ids leak nothing.
+    if request is None or (owner is not None and request.owner != owner):
         raise ApiError(404, "not_found", f"no request {request_id}")
     return request
 
 
 @router.get("/status/{request_id}", response_model=Status, responses=_NOT_FOUND)
-async def status(request_id: RequestIdDep, session: SessionDep, settings: SettingsDep) -> Status:
-    request = await _load(session, request_id)
+async def status(
+    owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, settings: SettingsDep
+) -> Status:
+    request = await _load(session, request_id, owner)
     limit = settings.errors_in_status
     # Clients poll this while the CPUs are busy compressing: ask only what can be there.
     failed = (
@@ -92,14 +95,15 @@ def _webhook_state(request: Request, delivery: Any) -> WebhookState | None:
     response_class=Response,
     responses={
         200: {"content": {"text/csv": {}}, "description": "the output CSV"},
+        401: {"model": ErrorBody},
         404: {"model": ErrorBody},
         409: {"model": ErrorBody},
     },
 )
 async def download(
-    request_id: RequestIdDep, session: SessionDep, services: ServicesDep
+    owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, services: ServicesDep
 ) -> Response:
-    request = await _load(session, request_id)
+    request = await _load(session, request_id, owner)
     if request.status in ACTIVE_STATUSES:
         raise ApiError(
             409,

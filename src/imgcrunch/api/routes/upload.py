@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from imgcrunch import csvio, repository
-from imgcrunch.api.deps import ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import Accepted, ErrorBody
 from imgcrunch.fetcher import AddressGuard, FetchError, check_url, is_http_url
@@ -18,11 +18,12 @@ from imgcrunch.storage import input_csv_key
 router = APIRouter(tags=["requests"])
 
 _CHUNK = 1024 * 1024
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (413, 422)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 413, 422)}
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
 async def upload(
+    owner: OwnerDep,
     services: ServicesDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -59,6 +60,7 @@ async def upload(
                 quality=quality or settings.jpeg_quality,
                 webhook_url=webhook,
                 input_key=key,
+                owner=owner,
             ),
         )
     services.dispatcher.submit(request_id)
