@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pyvips
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from imgcrunch.codec import CodecError, CodecOptions, Compressed, compress, configure
 from tests.imaging import (
@@ -362,3 +364,59 @@ def test_threads_failing_at_once_each_get_their_own_code(photo: bytes) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         codes = list(pool.map(code, inputs))
     assert codes == [cases[data] for data in inputs]
+
+
+# --- damaged files -----------------------------------------------------------------------------
+
+CODES = {"not_an_image", "unsupported_format", "corrupt_image", "too_many_pixels"}
+
+
+def _small_files() -> list[bytes]:
+    image = small_photo(64)
+    savers: list[tuple[str, dict[str, object]]] = [
+        ("jpegsave_buffer", {}),
+        ("pngsave_buffer", {}),
+        ("gifsave_buffer", {}),
+        ("webpsave_buffer", {}),
+        ("tiffsave_buffer", {"compression": "deflate"}),
+        ("heifsave_buffer", {"compression": "av1", "effort": 0}),
+    ]
+    return [bytes(getattr(image, saver)(**options)) for saver, options in savers]
+
+
+SMALL_FILES = _small_files()
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SMALL_FILES)))
+    for _ in range(draw(st.integers(1, 8))):
+        at = draw(st.integers(0, len(data) - 1))
+        match draw(st.sampled_from(["flip", "cut", "insert", "zero"])):
+            case "flip":
+                data[at] ^= draw(st.integers(1, 255))
+            case "cut":
+                del data[at:]
+            case "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=64))
+            case "zero":
+                data[at : at + 64] = bytes(len(data[at : at + 64]))
+        if not data:
+            break
+    return bytes(data)
+
+
+@given(damaged())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_damaged_file_gets_a_verdict_never_a_crash(data: bytes) -> None:
+    # Headers, tables and pixel data hit at random in every accepted format: libvips must
+    # either make a JPEG of it or refuse it with one of our codes, and return either way.
+    try:
+        compressed = compress(data, CodecOptions(max_pixels=10_000_000))
+    except CodecError as error:
+        code = error.code
+    else:
+        code = "ok"
+        assert compressed.data.startswith(b"\xff\xd8\xff")
+        assert compressed.width * compressed.height <= 10_000_000
+    assert code in {"ok", *CODES}
