@@ -23,6 +23,7 @@ import pytest
 
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
+from imgcrunch.webhooks import verify
 from tests import servers
 from tests.conftest import (
     ImageServer,
@@ -234,7 +235,11 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
     # Exactly one webhook, for the one finalisation, whichever worker finished last.
     time.sleep(1.0)  # room for a second one to arrive, were there one
     assert len(webhook_receiver.received) == 1
-    assert f'"request_id":"{request_id}"' in webhook_receiver.received[0][1].decode()
+    # Signed with the secret the workers made in the folder they share with the API.
+    secret = (scale_out.api.data_dir / "webhook-secret").read_text().strip()
+    headers, body = webhook_receiver.received[0]
+    event = verify(body, headers, secret)
+    assert (event["type"], event["data"]["request_id"]) == ("request.completed", request_id)
 
     # The same input through embedded mode gives the same output, byte for byte of each image.
     embedded = make_service()

@@ -39,6 +39,7 @@ CONTROL_QUEUE = "imgcrunch-control"
 INGEST = "imgcrunch.ingest"
 PROCESS_BATCH = "imgcrunch.process_batch"
 SWEEP = "imgcrunch.sweep"
+DELIVER = "imgcrunch.deliver_webhooks"
 
 # The database or the broker is away for a moment: worth trying again, later.
 TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
@@ -67,7 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": BATCHES_QUEUE,
-        "task_routes": {INGEST: {"queue": CONTROL_QUEUE}, SWEEP: {"queue": CONTROL_QUEUE}},
+        "task_routes": {name: {"queue": CONTROL_QUEUE} for name in (INGEST, SWEEP, DELIVER)},
         "worker_hijack_root_logger": False,
     }
 
@@ -204,6 +205,7 @@ def ingest(task: Task, request_id: str) -> int:
 async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> list[Batch]:
     pipeline = worker.runtime.pipeline
     if not await pipeline.ingest(request_id):
+        await _deliver(worker)  # a request whose CSV could not be read has failed: say so
         return []
     batches = [
         batch
@@ -212,7 +214,7 @@ async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> list[Batch]:
         )
     ]
     if not batches and await pipeline.finalize_if_complete(request_id):
-        await worker.runtime.deliverer.deliver_due()
+        await _deliver(worker)  # every image was done before a restart: only this was left
     return batches
 
 
@@ -233,8 +235,24 @@ def process_batch(task: Task, request_id: str, first_id: int, last_id: int, qual
 async def _process_batch(worker: WorkerRuntime, batch: Batch) -> bool:
     finished = await worker.runtime.pipeline.process_batch(batch)
     if finished:
-        await worker.runtime.deliverer.deliver_due()
+        await _deliver(worker)
     return finished
+
+
+@app.task(name=DELIVER)
+def deliver_webhooks() -> int:
+    """Send the webhook events that are due; returns how many were attempted."""
+    worker = worker_runtime()
+    return worker.run(_deliver(worker))
+
+
+async def _deliver(worker: WorkerRuntime) -> int:
+    """Deliver what is due; a retry due before the next sweep gets a task of its own."""
+    attempted = await worker.runtime.deliverer.deliver_due()
+    until_due = await worker.runtime.deliverer.seconds_until_due()
+    if until_due is not None and until_due < worker.settings.sweep_interval:
+        send_deliver(app, countdown=until_due)
+    return attempted
 
 
 @app.task(name=SWEEP)
@@ -246,7 +264,7 @@ def sweep() -> None:
         send_batch(app, batch)
     for request_id in found.uningested:
         send_ingest(app, request_id)
-    worker.run(worker.runtime.deliverer.deliver_due())
+    worker.run(_deliver(worker))
     # Workers share the folder, so only a temp file far older than any write is abandoned.
     worker.runtime.storage.remove_partial_writes(older_than=ABANDONED_WRITE_AGE)
 
@@ -269,6 +287,10 @@ def send_ingest(sender: Celery, request_id: uuid.UUID) -> None:
 def send_sweep(sender: Celery, *, expires: float) -> None:
     # A sweep not run within its interval is replaced by the next one, not added to it.
     sender.send_task(SWEEP, queue=CONTROL_QUEUE, expires=expires)
+
+
+def send_deliver(sender: Celery, *, countdown: float = 0) -> None:
+    sender.send_task(DELIVER, queue=CONTROL_QUEUE, countdown=countdown)
 
 
 def ping_broker(sender: Celery) -> None:

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     max_url_length: int = Field(default=2048, ge=12)  # characters, image and webhook URLs
 
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # `whsec_<base64>`, comma-separated; each signs every delivery (rotation). None: one is made
+    # and kept in <data dir>/webhook-secret.
+    webhook_secret: Annotated[tuple[str, ...], NoDecode] = ()
+    # Seconds to wait before each retry of a failed delivery (with jitter); then it gives up.
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        86400,
+    )
     claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead
     shutdown_grace: float = Field(default=20.0, ge=0)  # SIGTERM: time given to in-flight images
     errors_in_status: int = Field(default=100, ge=0)  # failed images listed by GET /status
@@ -84,11 +97,27 @@ class Settings(BaseSettings):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_secret", "webhook_retry_schedule", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _usable_secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from imgcrunch.webhooks import secret_key  # the one definition of a usable secret
+
+        for secret in value:
+            secret_key(secret)
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry delay is a positive number of seconds")
         return value
 
     @field_validator("api_keys")

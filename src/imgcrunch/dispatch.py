@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imgcrunch import repository
 from imgcrunch.config import Settings
@@ -29,6 +30,9 @@ class Dispatcher(Protocol):
     async def start(self) -> None: ...
 
     def submit(self, request_id: uuid.UUID) -> None: ...
+
+    def deliver_webhooks(self) -> None:
+        """Send the webhook events that are due now, soon (an event was made due)."""
 
     async def stop(self) -> None: ...
 
@@ -88,6 +92,9 @@ class InlineDispatcher:
     def submit(self, request_id: uuid.UUID) -> None:
         self._requests.put_nowait(request_id)
 
+    def deliver_webhooks(self) -> None:
+        self._webhooks_due.set()
+
     async def stop(self) -> None:
         """Take no new work, let in-flight batches finish within the grace, release the rest."""
         for task in (self._feeder, self._courier):
@@ -121,6 +128,7 @@ class InlineDispatcher:
 
     async def _feed_request(self, request_id: uuid.UUID) -> None:
         if not await self._pipeline.ingest(request_id):
+            self._webhooks_due.set()  # a request that could not be read has failed: say so
             return
         sent = 0
         async for batch in self._pipeline.pending_batches(request_id, batch_size=self._batch_size):
@@ -142,15 +150,20 @@ class InlineDispatcher:
                 asyncio.get_running_loop().call_later(retry_in, self.submit, batch.request_id)
 
     async def _deliver_webhooks(self) -> None:
+        """Deliver what is due, then sleep until the next retry is due or an event is made."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._webhook_poll):
-                    await self._webhooks_due.wait()
             self._webhooks_due.clear()
+            wait = self._webhook_poll
             try:
                 await self._deliverer.deliver_due()
+                until_due = await self._deliverer.seconds_until_due()
+                if until_due is not None:
+                    wait = min(wait, max(until_due, 0.05))
             except Exception:
                 log.exception("webhook delivery round failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._webhooks_due.wait()
 
 
 class CeleryDispatcher:
@@ -173,9 +186,13 @@ class CeleryDispatcher:
         self._sweeper = asyncio.create_task(self._sweep_periodically(), name="imgcrunch-sweep")
 
     def submit(self, request_id: uuid.UUID) -> None:
-        send = asyncio.get_running_loop().run_in_executor(
-            None, self._celery_app.send_ingest, self._sender, request_id
-        )
+        self._send(self._celery_app.send_ingest, self._sender, request_id)
+
+    def deliver_webhooks(self) -> None:
+        self._send(self._celery_app.send_deliver, self._sender)
+
+    def _send(self, send_task: Callable[..., None], *args: Any) -> None:
+        send = asyncio.get_running_loop().run_in_executor(None, send_task, *args)
         self._sends.add(send)
         send.add_done_callback(self._sent)
 

@@ -154,27 +154,12 @@ class Fetcher:
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._follow(_parse(url))
-        except aiohttp.ConnectionTimeoutError:
-            raise FetchError("timeout", "connecting timed out") from None
-        except aiohttp.ServerTimeoutError:
-            raise FetchError("timeout", "reading the response timed out") from None
+        except aiohttp.ClientError as exc:
+            raise client_error(exc) from None
         except TimeoutError:
             raise FetchError(
                 "timeout", f"download took longer than {self.limits.total_timeout:g} s"
             ) from None
-        except aiohttp.ClientConnectorDNSError as exc:
-            raise FetchError("dns_error", f"host name could not be resolved ({exc})") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise FetchError("connect_error", f"could not connect ({exc})") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise FetchError("connect_error", f"the response broke off ({exc})") from None
-        except aiohttp.ClientResponseError as exc:
-            # Raised by the parser (we never raise for a status): what came back is not HTTP.
-            # Retried like a broken connection: a new connection may well answer properly.
-            reason = (exc.message.splitlines() or ["unreadable"])[0].rstrip(":")
-            raise FetchError("connect_error", f"the answer is not valid HTTP ({reason})") from None
-        except aiohttp.ClientError as exc:
-            raise FetchError("connect_error", f"{type(exc).__name__}: {exc}") from None
 
     async def _follow(self, url: URL) -> bytes:
         """Follow redirects by hand, so that every hop passes the address guard."""
@@ -214,6 +199,26 @@ class Fetcher:
             "too_large",
             f"image is over the {self.limits.max_bytes:,} byte limit (at least {size:,})",
         )
+
+
+def client_error(exc: aiohttp.ClientError) -> FetchError:
+    """What went wrong talking to a server, in the codes of FetchError."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return FetchError("timeout", "connecting timed out")
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return FetchError("timeout", "reading the response timed out")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return FetchError("dns_error", f"host name could not be resolved ({exc})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return FetchError("connect_error", f"could not connect ({exc})")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return FetchError("connect_error", f"the response broke off ({exc})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Raised by the parser (we never raise for a status): what came back is not HTTP.
+        # Retried like a broken connection: a new connection may well answer properly.
+        reason = (exc.message.splitlines() or ["unreadable"])[0].rstrip(":")
+        return FetchError("connect_error", f"the answer is not valid HTTP ({reason})")
+    return FetchError("connect_error", f"{type(exc).__name__}: {exc}")
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -43,9 +43,9 @@ class ImageStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"
+    PENDING = "pending"  # waiting for its first attempt, or for a retry
     DELIVERED = "delivered"
-    FAILED = "failed"
+    GAVE_UP = "gave_up"  # every retry of the schedule failed, or the receiver answered 410
 
 
 def utcnow() -> datetime:
@@ -165,8 +165,25 @@ class WebhookDelivery(Base):
     payload: Mapped[str] = mapped_column(Text)  # the exact body sent, so every attempt is the same
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts made before the latest redelivery: the retry schedule counts from there.
+    schedule_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     response_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One try at delivering an event: what came back, or why nothing did."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)  # 1 for the first
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from imgcrunch import codec, csvio, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
-from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
+from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 from imgcrunch.repository import Batch, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, image_key, output_csv_key
 
@@ -85,14 +85,21 @@ class Pipeline:
             parsed = await asyncio.to_thread(csvio.parse, data, _ACCEPTED_AT_UPLOAD)
         except (OSError, csvio.CsvError) as exc:
             log.exception("request %s: its input CSV cannot be read again", request_id)
-            async with self.sessions.begin() as session:
-                await repository.fail_request(
-                    session, request_id, error=f"input CSV unreadable: {exc}", now=utcnow()
-                )
+            await self._fail(request, f"input CSV unreadable: {exc}")
             return False
         async with self.sessions.begin() as session:
             await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
         return True
+
+    async def _fail(self, request: Request, error: str) -> None:
+        now = utcnow()
+        event = None
+        if request.webhook_url:
+            event = webhooks.finished_event(
+                request, status=RequestStatus.FAILED, download_url=None, now=now
+            )
+        async with self.sessions.begin() as session:
+            await repository.fail_request(session, request.id, error=error, now=now, event=event)
 
     async def pending_batches(
         self, request_id: uuid.UUID, *, batch_size: int
@@ -231,8 +238,8 @@ class Pipeline:
         now = utcnow()
         event = None
         if request.webhook_url:
-            event = webhooks.completed_event(
-                request, status=status, output_csv_url=self.download_url(request_id), now=now
+            event = webhooks.finished_event(
+                request, status=status, download_url=self.download_url(request_id), now=now
             )
         async with self.sessions.begin() as session:
             won = await repository.finish_request(

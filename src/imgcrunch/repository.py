@@ -40,6 +40,7 @@ from imgcrunch.models import (
     Product,
     Request,
     RequestStatus,
+    WebhookAttempt,
     WebhookDelivery,
 )
 
@@ -158,16 +159,26 @@ async def _insert_chunked(
 
 
 async def fail_request(
-    session: AsyncSession, request_id: uuid.UUID, *, error: str, now: datetime
+    session: AsyncSession,
+    request_id: uuid.UUID,
+    *,
+    error: str,
+    now: datetime,
+    event: NewEvent | None = None,
 ) -> bool:
-    """A request that cannot be processed at all: `failed`, with the reason."""
+    """A request that cannot be processed at all: `failed`, with the reason, and its webhook
+    event queued in the same transaction."""
     result = await session.execute(
         update(Request)
         .where(Request.id == request_id, Request.status.in_(ACTIVE_STATUSES))
         .values(status=RequestStatus.FAILED, error=error, completed_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) == 1
+    if _rowcount(result) != 1:
+        return False
+    if event is not None:
+        _add_event(session, request_id, event, now)
+    return True
 
 
 # --- reading a request ----------------------------------------------------------------------
@@ -618,19 +629,25 @@ async def finish_request(
     if _rowcount(result) != 1:
         return False
     if event is not None:
-        session.add(
-            WebhookDelivery(
-                request_id=request_id,
-                event_id=event.event_id,
-                event_type=event.event_type,
-                url=event.url,
-                payload=event.payload,
-                status=DeliveryStatus.PENDING,
-                attempts=0,
-                next_attempt_at=now,
-            )
-        )
+        _add_event(session, request_id, event, now)
     return True
+
+
+def _add_event(
+    session: AsyncSession, request_id: uuid.UUID, event: NewEvent, now: datetime
+) -> None:
+    session.add(
+        WebhookDelivery(
+            request_id=request_id,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            url=event.url,
+            payload=event.payload,
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+        )
+    )
 
 
 # --- the webhook outbox ---------------------------------------------------------------------
@@ -687,7 +704,8 @@ async def record_delivery_attempt(
     now: datetime,
     next_attempt_at: datetime | None = None,
 ) -> None:
-    await session.execute(
+    """The attempt, in the delivery's history, and where the delivery stands after it."""
+    result = await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id)
         .values(
@@ -698,7 +716,72 @@ async def record_delivery_attempt(
             delivered_at=now if status == DeliveryStatus.DELIVERED else None,
             next_attempt_at=next_attempt_at or now,
         )
+        .returning(WebhookDelivery.attempts)
     )
+    attempt = result.scalar_one_or_none()
+    if attempt is None:
+        return  # its request was deleted meanwhile
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery_id,
+            attempt=attempt,
+            attempted_at=now,
+            response_status=response_status,
+            error=error,
+        )
+    )
+
+
+async def seconds_until_delivery_due(session: AsyncSession, *, now: datetime) -> float | None:
+    """How long until the next pending delivery is due (0 if one is); None if none waits."""
+    result = await session.execute(
+        select(func.min(WebhookDelivery.next_attempt_at)).where(
+            WebhookDelivery.status == DeliveryStatus.PENDING
+        )
+    )
+    due = result.scalar()
+    if due is None:
+        return None
+    return max(0.0, (due - now).total_seconds())
+
+
+async def delivery_attempts(
+    session: AsyncSession, delivery_id: int, *, limit: int
+) -> list[WebhookAttempt]:
+    """The latest `limit` attempts, oldest first."""
+    result = await session.execute(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == delivery_id)
+        .order_by(WebhookAttempt.attempt.desc())
+        .limit(limit)
+    )
+    return list(reversed(result.scalars().all()))
+
+
+async def redeliver(session: AsyncSession, request_id: uuid.UUID, *, now: datetime) -> bool:
+    """Make the request's latest event due now, whatever became of it; False if it has none.
+
+    Its event id stays the same, so a receiver that has it already can tell.
+    """
+    latest = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.request_id == request_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == latest)
+        .values(
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=now,
+            delivered_at=None,
+            schedule_start=WebhookDelivery.attempts,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
 
 
 async def latest_delivery(session: AsyncSession, request_id: uuid.UUID) -> WebhookDelivery | None:

@@ -18,7 +18,7 @@ from imgcrunch.db import SessionFactory, create_engine, session_factory
 from imgcrunch.fetcher import AddressGuard, Fetcher, FetchLimits
 from imgcrunch.pipeline import Pipeline, PipelineOptions
 from imgcrunch.storage import LocalStorage
-from imgcrunch.webhooks import Deliverer
+from imgcrunch.webhooks import Deliverer, DeliveryPolicy, signing_secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,10 @@ async def open_runtime(
     )
     deliverer = Deliverer(
         sessions,
-        timeout=settings.webhook_timeout,
+        signing_secrets=signing_secrets(settings.webhook_secret, settings.data_dir),
+        policy=DeliveryPolicy(
+            timeout=settings.webhook_timeout, retry_schedule=settings.webhook_retry_schedule
+        ),
         guard=guard,
     )
     pipeline = Pipeline(

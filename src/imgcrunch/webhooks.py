@@ -1,11 +1,30 @@
-"""Webhook events: building them for the outbox, and delivering what the outbox holds."""
+"""Webhook events: building them for the outbox, signing them, delivering what the outbox holds.
+
+Deliveries follow Standard Webhooks 1.0: `webhook-id` (the same on every attempt: the receiver's
+idempotency key), `webhook-timestamp` (Unix seconds, of the attempt) and `webhook-signature`,
+`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` for each configured secret. `verify` is
+what a receiver runs; the tests use it too.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import os
+import random
+import secrets
+import time
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -17,54 +36,203 @@ from imgcrunch.fetcher import (
     AddressGuard,
     FetchError,
     check_destination,
+    client_error,
     guarded_session,
+    retry_after_seconds,
 )
-from imgcrunch.models import DeliveryStatus, Request, utcnow
+from imgcrunch.models import DeliveryStatus, Request, RequestStatus, utcnow
 
 log = logging.getLogger(__name__)
 
 COMPLETED = "request.completed"
+FAILED = "request.failed"
+
+SECRET_PREFIX = "whsec_"
+SECRET_FILE = "webhook-secret"  # in the data folder, when IMGCRUNCH_WEBHOOK_SECRET is not set
+TOLERANCE = 300  # seconds a receiver should accept between a timestamp and its own clock
 
 
-def completed_event(
-    request: Request, *, status: str, output_csv_url: str, now: datetime
+class WebhookVerificationError(Exception):
+    """The delivery is not from us, was altered, or is too old (or too new) to accept."""
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key inside `whsec_<base64>`; ValueError if `secret` is not of that form."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError("a webhook secret is whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("a webhook secret holds at least 16 bytes")
+    return key
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """One `v1,<base64>` signature of the message."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(
+    signing_secrets: Sequence[str], message_id: str, timestamp: int, body: bytes
+) -> str:
+    """Every secret signs, space-separated, so receivers can move to a new one at their pace."""
+    return " ".join(sign(secret, message_id, timestamp, body) for secret in signing_secrets)
+
+
+def verify(
+    body: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    tolerance: float = TOLERANCE,
+    now: float | None = None,
+) -> Any:
+    """What a receiver runs: the event, parsed, or WebhookVerificationError.
+
+    Checks that the timestamp is within `tolerance` seconds of now (a replayed old delivery
+    fails) and that one of the signatures is ours over exactly these bytes, in constant time.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    message_id = lowered.get("webhook-id")
+    stamp = lowered.get("webhook-timestamp")
+    signatures = lowered.get("webhook-signature")
+    if not (message_id and stamp and signatures):
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise WebhookVerificationError("webhook-timestamp is not a number") from None
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        raise WebhookVerificationError("webhook-timestamp is too far from now")
+    data = body.encode() if isinstance(body, str) else body
+    expected = sign(secret, message_id, timestamp, data).encode()
+    if not any(hmac.compare_digest(expected, given.encode()) for given in signatures.split()):
+        raise WebhookVerificationError("no signature matches")
+    return json.loads(data)
+
+
+def signing_secrets(configured: Sequence[str], data_dir: Path) -> tuple[str, ...]:
+    """The configured secrets, or the one kept in the data folder, made on first use."""
+    if configured:
+        return tuple(configured)
+    return (_kept_secret(data_dir / SECRET_FILE),)
+
+
+def _kept_secret(path: Path) -> str:
+    """Read the secret, or create it: written whole to a temp file, then linked into place, so
+    that processes starting together (API, workers on a shared folder) all end up with one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(new_secret() + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temp, path)
+            log.info("made a webhook signing secret; receivers verify with it: %s", path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the one
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+    secret = path.read_text().strip()
+    secret_key(secret)  # a hand-edited file must still hold a usable secret
+    return secret
+
+
+def finished_event(
+    request: Request, *, status: str, download_url: str | None, now: datetime
 ) -> repository.NewEvent:
-    """The event for a finished request; its body is fixed here so every attempt sends the same."""
+    """The event for a request that reached a final status; its body is fixed here, once, so
+    that every attempt sends the same bytes. Small: ids, counts and links, never the rows."""
     assert request.webhook_url is not None
+    event_type = FAILED if status == RequestStatus.FAILED else COMPLETED
     body = {
-        "type": COMPLETED,
+        "type": event_type,
         "timestamp": now.isoformat(),
         "data": {
             "request_id": str(request.id),
             "status": status,
             "progress": request.progress(),
-            "output_csv_url": output_csv_url,
+            "output_csv_url": download_url,
+            "download_url": download_url,
         },
     }
     return repository.NewEvent(
         event_id=f"msg_{uuid.uuid4().hex}",
-        event_type=COMPLETED,
+        event_type=event_type,
         url=request.webhook_url,
         payload=json.dumps(body, separators=(",", ":")),
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryPolicy:
+    timeout: float = 10.0  # per attempt
+    retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 86400)
+    jitter: float = 0.2  # each wait is the schedule's, give or take this share
+    longest_retry_after: float = 86400  # a receiver's Retry-After is honoured up to this
+
+    def after(
+        self, attempt: int, outcome: Outcome, now: datetime
+    ) -> tuple[DeliveryStatus, datetime]:
+        """Where a delivery stands after its `attempt`-th try (1 for the first), and when to
+        try again."""
+        if outcome.delivered:
+            return DeliveryStatus.DELIVERED, now
+        if outcome.status == 410 or attempt > len(self.retry_schedule):
+            return DeliveryStatus.GAVE_UP, now
+        wait = self.retry_schedule[attempt - 1] * random.uniform(1 - self.jitter, 1 + self.jitter)
+        if outcome.retry_after is not None:  # the receiver said when
+            wait = min(outcome.retry_after, self.longest_retry_after)
+        return DeliveryStatus.PENDING, now + timedelta(seconds=wait)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int | None  # the HTTP status, or None when no answer came
+    error: str | None  # None when delivered
+    retry_after: float | None = None  # seconds, from a 429 or 503 answer
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
 class Deliverer:
-    """Sends due outbox events. One attempt each for now; retries are recorded as failures."""
+    """Sends the outbox's due events, signed; records every attempt and schedules the next.
+
+    Only a 2xx answer delivers. A redirect is not followed (it is the receiver's mistake, and
+    would carry the signed body elsewhere); 410 Gone stops the retries; 429 and 503 are retried
+    when their Retry-After says.
+    """
 
     def __init__(
         self,
         sessions: SessionFactory,
         *,
-        timeout: float,
+        signing_secrets: Sequence[str],
+        policy: DeliveryPolicy,
         guard: AddressGuard,
     ) -> None:
         self._sessions = sessions
-        self._lease = timedelta(seconds=timeout + 60)  # an attempt ends within its timeout
+        self._secrets = tuple(signing_secrets)
+        self._policy = policy
+        self._lease = timedelta(seconds=policy.timeout + 60)  # an attempt ends within its timeout
         self._guard = guard
         self._client = guarded_session(
             guard=guard,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=policy.timeout),
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         )
 
@@ -72,44 +240,77 @@ class Deliverer:
         await self._client.close()
 
     async def deliver_due(self) -> int:
-        """Deliver every event that is due; returns how many were attempted."""
+        """Attempt every event that is due; returns how many were attempted."""
         now = utcnow()
         async with self._sessions.begin() as session:
             due = await repository.lease_due_deliveries(
                 session, now=now, lease_until=now + self._lease
             )
         for delivery in due:
-            response_status, error = await self._send(
-                delivery.url, delivery.event_id, delivery.payload
-            )
-            ok = response_status is not None and 200 <= response_status < 300
-            if not ok:
-                log.warning("webhook %s to %s failed: %s", delivery.event_id, delivery.url, error)
+            outcome = await self._send(delivery.url, delivery.event_id, delivery.payload)
+            attempt = delivery.attempts + 1
+            now = utcnow()
+            # The schedule counts from the latest redelivery, if any.
+            scheduled = attempt - delivery.schedule_start
+            status, next_attempt_at = self._policy.after(scheduled, outcome, now)
+            if status != DeliveryStatus.DELIVERED:
+                gave_up = status == DeliveryStatus.GAVE_UP
+                then = "giving up" if gave_up else f"next at {next_attempt_at:%H:%M:%S}"
+                log.warning(
+                    "webhook %s to %s, attempt %d: %s; %s",
+                    delivery.event_id,
+                    delivery.url,
+                    attempt,
+                    outcome.error,
+                    then,
+                )
             async with self._sessions.begin() as session:
                 await repository.record_delivery_attempt(
                     session,
                     delivery.id,
-                    status=DeliveryStatus.DELIVERED if ok else DeliveryStatus.FAILED,
-                    response_status=response_status,
-                    error=None if ok else error,
-                    now=utcnow(),
+                    status=status,
+                    response_status=outcome.status,
+                    error=outcome.error,
+                    now=now,
+                    next_attempt_at=next_attempt_at,
                 )
         return len(due)
 
-    async def _send(self, url: str, event_id: str, payload: str) -> tuple[int | None, str | None]:
+    async def seconds_until_due(self) -> float | None:
+        """How long until an event is due (0 if one is now); None if none waits."""
+        async with self._sessions() as session:
+            return await repository.seconds_until_delivery_due(session, now=utcnow())
+
+    async def _send(self, url: str, event_id: str, payload: str) -> Outcome:
+        body = payload.encode()
+        timestamp = int(time.time())
+        headers = {
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(self._secrets, event_id, timestamp, body),
+        }
         try:
             target = URL(url)
             check_destination(target, self._guard)
             async with self._client.post(
-                target,
-                data=payload.encode(),
-                headers={"webhook-id": event_id},
-                allow_redirects=False,  # a redirect is the receiver's misconfiguration, not a hop
+                target, data=body, headers=headers, allow_redirects=False
             ) as response:
-                return response.status, f"HTTP {response.status}"
+                if 200 <= response.status < 300:
+                    return Outcome(response.status, None)
+                retry_after = None
+                if response.status in (429, 503):
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                reason = f"HTTP {response.status} {response.reason or ''}".strip()
+                return Outcome(response.status, reason, retry_after)
+        except aiohttp.ClientError as exc:
+            return _failed(client_error(exc))
         except FetchError as exc:
-            return None, f"{exc.code}: {exc.message}"
+            return _failed(exc)
         except TimeoutError:
-            return None, "timeout: no answer in time"
-        except (aiohttp.ClientError, ValueError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"
+            return Outcome(None, f"timeout: no answer within {self._policy.timeout:g} s")
+        except ValueError as exc:  # a URL yarl cannot take
+            return Outcome(None, f"invalid URL: {exc}")
+
+
+def _failed(error: FetchError) -> Outcome:
+    return Outcome(None, f"{error.code}: {error.message}")

@@ -47,17 +47,31 @@ class ImageError(BaseModel):
     message: str
 
 
+class WebhookAttemptInfo(BaseModel):
+    attempt: int  # 1 for the first
+    at: datetime
+    response_status: int | None  # None: no answer (timeout, refused address, connection)
+    error: str | None  # None: delivered
+
+
 class WebhookState(BaseModel):
     url: str
-    state: str  # pending | delivered | failed
+    event_id: str | None  # the webhook-id header; None until the request has finished
+    # waiting (the request is not finished) | pending (due, or a retry is scheduled) |
+    # failing (pending after failed attempts) | delivered | gave_up
+    state: str
     attempts: int
     response_status: int | None
     last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    history: list[WebhookAttemptInfo] = []  # the latest attempts, oldest first
 
 
 class Status(BaseModel):
     request_id: uuid.UUID
     status: str
+    error: str | None = None  # why a `failed` request could not be processed at all
     progress: Progress
     bytes_in: int
     bytes_out: int

@@ -11,15 +11,22 @@ from fastapi.responses import Response
 from imgcrunch import repository
 from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
-from imgcrunch.api.schemas import ErrorBody, ImageError, Progress, Status, WebhookState
-from imgcrunch.models import ACTIVE_STATUSES, Request
+from imgcrunch.api.schemas import (
+    ErrorBody,
+    ImageError,
+    Progress,
+    Status,
+    WebhookAttemptInfo,
+    WebhookState,
+)
+from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request
 
 router = APIRouter(tags=["requests"])
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404)}
 
 
-async def _load(session: SessionDep, request_id: RequestIdDep, owner: str | None) -> Request:
+async def load_request(session: SessionDep, request_id: RequestIdDep, owner: str | None) -> Request:
     request = await repository.get_request(session, request_id)
     # Another key's request is not found, exactly like an unknown one: ids leak nothing.
     if request is None or (owner is not None and request.owner != owner):
@@ -31,7 +38,7 @@ async def _load(session: SessionDep, request_id: RequestIdDep, owner: str | None
 async def status(
     owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, settings: SettingsDep
 ) -> Status:
-    request = await _load(session, request_id, owner)
+    request = await load_request(session, request_id, owner)
     limit = settings.errors_in_status
     # Clients poll this while the CPUs are busy compressing: ask only what can be there.
     failed = (
@@ -39,12 +46,11 @@ async def status(
         if request.failed_images and limit
         else []
     )
-    delivery = (
-        await repository.latest_delivery(session, request_id) if request.webhook_url else None
-    )
+    webhook = await webhook_state(session, request) if request.webhook_url else None
     return Status(
         request_id=request.id,
         status=request.status,
+        error=request.error,
         progress=Progress.model_validate(request.progress()),
         bytes_in=request.bytes_in,
         bytes_out=request.bytes_out,
@@ -62,7 +68,7 @@ async def status(
             for image in failed
         ],
         errors_truncated=request.failed_images > len(failed),
-        webhook=_webhook_state(request, delivery),
+        webhook=webhook,
         created_at=request.created_at,
         updated_at=request.updated_at,
         started_at=request.started_at,
@@ -70,23 +76,47 @@ async def status(
     )
 
 
-def _webhook_state(request: Request, delivery: Any) -> WebhookState | None:
-    if not request.webhook_url:
-        return None
+_HISTORY = 20  # attempts shown; a schedule has 8 at most
+
+
+async def webhook_state(session: SessionDep, request: Request) -> WebhookState:
+    assert request.webhook_url is not None
+    delivery = await repository.latest_delivery(session, request.id)
     if delivery is None:
         return WebhookState(
             url=request.webhook_url,
+            event_id=None,
             state="waiting",
             attempts=0,
             response_status=None,
             last_error=None,
+            next_attempt_at=None,
+            delivered_at=None,
         )
+    attempts = (
+        await repository.delivery_attempts(session, delivery.id, limit=_HISTORY)
+        if delivery.attempts
+        else []
+    )
+    pending = delivery.status == DeliveryStatus.PENDING
     return WebhookState(
         url=delivery.url,
-        state=delivery.status,
+        event_id=delivery.event_id,
+        state="failing" if pending and delivery.attempts else delivery.status,
         attempts=delivery.attempts,
         response_status=delivery.response_status,
         last_error=delivery.last_error,
+        next_attempt_at=delivery.next_attempt_at if pending else None,
+        delivered_at=delivery.delivered_at,
+        history=[
+            WebhookAttemptInfo(
+                attempt=attempt.attempt,
+                at=attempt.attempted_at,
+                response_status=attempt.response_status,
+                error=attempt.error,
+            )
+            for attempt in attempts
+        ],
     )
 
 
@@ -103,7 +133,7 @@ def _webhook_state(request: Request, delivery: Any) -> WebhookState | None:
 async def download(
     owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, services: ServicesDep
 ) -> Response:
-    request = await _load(session, request_id, owner)
+    request = await load_request(session, request_id, owner)
     if request.status in ACTIVE_STATUSES:
         raise ApiError(
             409,
