@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from imgcrunch.webhooks import WebhookVerificationError, verify
 from tests import servers
 from tests.imaging import png_bomb
 
@@ -291,6 +292,83 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgcrunch"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
+
+
+# --- a scripted webhook receiver -----------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint that answers from a script and verifies every delivery it gets."""
+
+    url: str = ""
+    script: list[str] = field(default_factory=list)  # "500", "timeout", "429:1", "410", "204"
+    secret: str = ""  # when set, every delivery is checked with it
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[dict[str, Any]]:
+        return [a for a in self.attempts if a["answer"].startswith("2")]
+
+    def wait_for(self, predicate: Any, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, self.attempts
+            time.sleep(0.05)
+
+
+def _receiver_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            try:
+                event = verify(body, dict(self.headers.items()), receiver.secret)
+                verified = True
+            except (WebhookVerificationError, ValueError):
+                event, verified = None, False
+            script = receiver.script
+            answer = script.pop(0) if len(script) > 1 else script[0]
+            receiver.attempts.append(
+                {
+                    "id": self.headers["webhook-id"],
+                    "at": time.monotonic(),
+                    "verified": verified,
+                    "event": event,
+                    "answer": answer,
+                }
+            )
+            if answer == "timeout":
+                time.sleep(2)  # longer than the service's webhook timeout in these tests
+                answer = "204"
+            code, _, retry_after = answer.partition(":")
+            self.send_response(int(code))
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+def start_receiver(receiver: Receiver, port: int = 0) -> _Server:
+    server = _Server(("127.0.0.1", port), _receiver_handler(receiver))
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgcrunch"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver(script=["204"])
+    server = start_receiver(receiver)
     yield receiver
     server.shutdown()
     server.server_close()

@@ -23,10 +23,11 @@ import pytest
 
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
-from imgcrunch.webhooks import verify
+from imgcrunch.webhooks import new_secret, verify
 from tests import servers
 from tests.conftest import (
     ImageServer,
+    Receiver,
     Service,
     ServiceFactory,
     WebhookReceiver,
@@ -138,11 +139,19 @@ class ScaleOut:
 
 
 @pytest.fixture
+def extra_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """More settings for `scale_out`, by `parametrize(..., indirect=True)`."""
+    extra: dict[str, str] = getattr(request, "param", {})
+    return extra
+
+
+@pytest.fixture
 def scale_out(
     make_service: ServiceFactory,
     postgres: servers.Postgres,
     redis_server: servers.Redis,
     tmp_path: Path,
+    extra_settings: dict[str, str],
 ) -> Iterator[ScaleOut]:
     database_url = postgres.new_database()
     prefix = redis_server.new_prefix()
@@ -154,7 +163,7 @@ def scale_out(
         "claim_timeout": str(CLAIM_TIMEOUT),
         "sweep_interval": "1",
         "batch_size": "8",
-    }
+    } | extra_settings
     api = make_service(**settings)
     workers = [Worker(name, api.env, tmp_path / f"{name}.log") for name in ("worker-a", "worker-b")]
     try:
@@ -367,3 +376,26 @@ def test_a_worker_without_its_database_retries_a_bounded_number_of_times(
     healthy.spawn()
     healthy.wait_ready()
     assert scale_out.api.wait_until_finished(request_id, timeout=60)["status"] == "completed"
+
+
+HOOK_SECRET = new_secret()
+
+
+@pytest.mark.parametrize(
+    "extra_settings",
+    [{"webhook_retry_schedule": "0.5,0.5", "sweep_interval": "30", "webhook_secret": HOOK_SECRET}],
+    indirect=True,
+)
+def test_workers_retry_a_failed_webhook_before_the_next_sweep(
+    scale_out: ScaleOut, image_server: ImageServer, receiver: Receiver
+) -> None:
+    # The sweep is 30 s away: only the countdown task a failed attempt leaves can deliver soon.
+    receiver.script, receiver.secret = ["500", "204"], HOOK_SECRET
+    urls = image_server.photo_urls(3, tag="celery-hook-")
+    response = scale_out.api.upload(products_csv(urls), webhook_url=receiver.url)
+    request_id = response.json()["request_id"]
+    assert scale_out.api.wait_until_finished(request_id, timeout=60)["status"] == "completed"
+    receiver.wait_for(lambda: receiver.accepted, timeout=15)
+    assert [a["answer"] for a in receiver.attempts] == ["500", "204"]
+    assert all(a["verified"] for a in receiver.attempts)
+    assert len({a["id"] for a in receiver.attempts}) == 1

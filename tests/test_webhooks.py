@@ -9,10 +9,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,14 @@ from imgcrunch.webhooks import (
     signing_secrets,
     verify,
 )
-from tests.conftest import ImageServer, Service, ServiceFactory, _Server, free_port
+from tests.conftest import (
+    ImageServer,
+    Receiver,
+    Service,
+    ServiceFactory,
+    free_port,
+    start_receiver,
+)
 
 SECRET = new_secret()
 OLD_SECRET = new_secret()
@@ -169,81 +173,13 @@ def test_retry_after_is_honoured_up_to_the_longest_wait() -> None:
     assert at == T0 + timedelta(days=1)
 
 
-# --- a real receiver ------------------------------------------------------------------------
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint that answers from a script and verifies every delivery it gets."""
-
-    url: str = ""
-    script: list[str] = field(default_factory=list)  # "500", "timeout", "429:1", "410", "204"
-    secret: str = SECRET
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def accepted(self) -> list[dict[str, Any]]:
-        return [a for a in self.attempts if a["answer"].startswith("2")]
-
-    def wait_for(self, predicate: Any, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, self.attempts
-            time.sleep(0.05)
-
-
-def _receiver_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            try:
-                event = verify(body, dict(self.headers.items()), receiver.secret)
-                verified = True
-            except WebhookVerificationError:
-                event, verified = None, False
-            script = receiver.script
-            answer = script.pop(0) if len(script) > 1 else script[0]
-            receiver.attempts.append(
-                {
-                    "id": self.headers["webhook-id"],
-                    "at": time.monotonic(),
-                    "verified": verified,
-                    "event": event,
-                    "answer": answer,
-                }
-            )
-            if answer == "timeout":
-                time.sleep(2)  # longer than the service's webhook timeout in these tests
-                answer = "204"
-            code, _, retry_after = answer.partition(":")
-            self.send_response(int(code))
-            if retry_after:
-                self.send_header("Retry-After", retry_after)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    return Handler
-
-
-def start_receiver(receiver: Receiver, port: int = 0) -> _Server:
-    server = _Server(("127.0.0.1", port), _receiver_handler(receiver))
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgcrunch"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+# --- a real receiver (tests/conftest.py) ----------------------------------------------------
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver(script=["204"])
-    server = start_receiver(receiver)
-    yield receiver
-    server.shutdown()
-    server.server_close()
+def receiver(receiver: Receiver) -> Receiver:
+    receiver.secret = SECRET  # the one the services below sign with first
+    return receiver
 
 
 QUICK_RETRIES = {
@@ -357,7 +293,7 @@ def test_an_undelivered_event_is_delivered_after_a_restart(
     make_service: ServiceFactory, image_server: ImageServer
 ) -> None:
     port = free_port()  # nothing listens there yet: every attempt fails to connect
-    receiver = Receiver(url=f"http://127.0.0.1:{port}/hooks", script=["204"])
+    receiver = Receiver(url=f"http://127.0.0.1:{port}/hooks", script=["204"], secret=SECRET)
     service = make_service(**QUICK_RETRIES | {"WEBHOOK_RETRY_SCHEDULE": "1,1,1,1,1,1,1,1"})
     request_id = finish_request(service, image_server, receiver.url)
     deadline = time.monotonic() + 10
