@@ -69,7 +69,8 @@ def assert_every_image_exactly_once(service: Service, request_id: str, urls: lis
 def test_sigkill_mid_request_then_restart_finishes_every_image_once(
     make_service: ServiceFactory, slow_origin: ImageServer
 ) -> None:
-    service = make_service()
+    # Small batches: progress is recorded a batch at a time, and the kill must land mid-request.
+    service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4")
     request_id, urls = upload_many(service, slow_origin, "kill")
     done_before = wait_for_progress(service, request_id, at_least=5)
     service.signal(signal.SIGKILL)
