@@ -32,7 +32,7 @@ class Dispatcher(Protocol):
     def submit(self, request_id: uuid.UUID) -> None: ...
 
     def deliver_webhooks(self) -> None:
-        """Send the webhook events that are due now, soon (an event was made due)."""
+        """Have the due webhook events sent soon: one was just made due (a redelivery)."""
 
     async def stop(self) -> None: ...
 

@@ -8,6 +8,7 @@ what a receiver runs; the tests use it too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -40,7 +41,7 @@ from imgcrunch.fetcher import (
     guarded_session,
     retry_after_seconds,
 )
-from imgcrunch.models import DeliveryStatus, Request, RequestStatus, utcnow
+from imgcrunch.models import DeliveryStatus, Request, RequestStatus, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -240,41 +241,47 @@ class Deliverer:
         await self._client.close()
 
     async def deliver_due(self) -> int:
-        """Attempt every event that is due; returns how many were attempted."""
+        """Attempt every event that is due, side by side; returns how many were attempted.
+
+        Side by side, so a round lasts one timeout at most, well within the lease each event
+        was taken under: no other worker sends it meanwhile.
+        """
         now = utcnow()
         async with self._sessions.begin() as session:
             due = await repository.lease_due_deliveries(
                 session, now=now, lease_until=now + self._lease
             )
-        for delivery in due:
-            outcome = await self._send(delivery.url, delivery.event_id, delivery.payload)
-            attempt = delivery.attempts + 1
-            now = utcnow()
-            # The schedule counts from the latest redelivery, if any.
-            scheduled = attempt - delivery.schedule_start
-            status, next_attempt_at = self._policy.after(scheduled, outcome, now)
-            if status != DeliveryStatus.DELIVERED:
-                gave_up = status == DeliveryStatus.GAVE_UP
-                then = "giving up" if gave_up else f"next at {next_attempt_at:%H:%M:%S}"
-                log.warning(
-                    "webhook %s to %s, attempt %d: %s; %s",
-                    delivery.event_id,
-                    delivery.url,
-                    attempt,
-                    outcome.error,
-                    then,
-                )
-            async with self._sessions.begin() as session:
-                await repository.record_delivery_attempt(
-                    session,
-                    delivery.id,
-                    status=status,
-                    response_status=outcome.status,
-                    error=outcome.error,
-                    now=now,
-                    next_attempt_at=next_attempt_at,
-                )
+        await asyncio.gather(*(self._attempt(delivery) for delivery in due))
         return len(due)
+
+    async def _attempt(self, delivery: WebhookDelivery) -> None:
+        outcome = await self._send(delivery.url, delivery.event_id, delivery.payload)
+        attempt = delivery.attempts + 1
+        now = utcnow()
+        # The schedule counts from the latest redelivery, if any.
+        scheduled = attempt - delivery.schedule_start
+        status, next_attempt_at = self._policy.after(scheduled, outcome, now)
+        if status != DeliveryStatus.DELIVERED:
+            gave_up = status == DeliveryStatus.GAVE_UP
+            then = "giving up" if gave_up else f"next at {next_attempt_at:%H:%M:%S}"
+            log.warning(
+                "webhook %s to %s, attempt %d: %s; %s",
+                delivery.event_id,
+                delivery.url,
+                attempt,
+                outcome.error,
+                then,
+            )
+        async with self._sessions.begin() as session:
+            await repository.record_delivery_attempt(
+                session,
+                delivery.id,
+                status=status,
+                response_status=outcome.status,
+                error=outcome.error,
+                now=now,
+                next_attempt_at=next_attempt_at,
+            )
 
     async def seconds_until_due(self) -> float | None:
         """How long until an event is due (0 if one is now); None if none waits."""
