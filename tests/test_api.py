@@ -463,6 +463,13 @@ def test_api_keys_guard_every_route_and_keep_requests_apart(
             assert hidden.json()["error"]["code"] == "not_found"
         output = client.get(f"/download/{request_id}", headers=as_a)
         assert output.status_code == 200
+        listed = {
+            name: [r["request_id"] for r in client.get("/requests", headers=h).json()["requests"]]
+            for name, h in (("a", as_a), ("b", as_b))
+        }
+        assert listed == {"a": [request_id], "b": []}
+        assert client.get("/requests").status_code == 401
+        assert client.delete(f"/requests/{request_id}", headers=as_b).status_code == 404
     image_url = next(csv.DictReader(io.StringIO(output.text)))["Output Image Urls"]
     assert httpx.get(image_url).status_code == 200  # images are embedded where keys are not
     log = service.log_path.read_text()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     case,
+    delete,
     func,
     insert,
     or_,
@@ -279,6 +280,35 @@ async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
         select(Request.id).where(Request.status.in_(ACTIVE_STATUSES)).order_by(Request.created_at)
     )
     return list(result.scalars())
+
+
+async def list_requests(
+    session: AsyncSession,
+    *,
+    owner: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> list[Request]:
+    """Newest first; only `owner`'s when keys are on (owner not None)."""
+    query = select(Request).order_by(Request.created_at.desc(), Request.id.desc())
+    if owner is not None:
+        query = query.where(Request.owner == owner)
+    if status is not None:
+        query = query.where(Request.status == status)
+    result = await session.execute(query.limit(limit).offset(offset))
+    return list(result.scalars())
+
+
+async def delete_request(session: AsyncSession, request_id: uuid.UUID) -> bool:
+    """The request and, by cascade, its products, images and webhook outbox; False if it was
+    gone already, or is still active (it is deleted only once it has finished)."""
+    result = await session.execute(
+        delete(Request)
+        .where(Request.id == request_id, Request.status.not_in(ACTIVE_STATUSES))
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
 
 
 # --- working on images ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -24,6 +25,9 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes: ...
 
     def exists(self, key: str) -> bool: ...
+
+    def remove_request(self, request_id: uuid.UUID) -> None:
+        """Every file of the request: its images and its kept and output CSVs."""
 
 
 def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
@@ -76,6 +80,10 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def remove_request(self, request_id: uuid.UUID) -> None:
+        for folder in (f"images/{request_id}", f"csv/{request_id}"):
+            shutil.rmtree(self.path(folder), ignore_errors=True)
 
     def remove_partial_writes(self, *, older_than: float = 0.0) -> int:
         """Delete temp files of writes that never finished (their process died)."""

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgcrunch import __version__
 from imgcrunch.api import errors
-from imgcrunch.api.routes import health, requests, upload, webhooks
+from imgcrunch.api.routes import health, manage, requests, upload, webhooks
 from imgcrunch.api.services import running_services
 from imgcrunch.config import Settings
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     errors.install(app)
-    for module in (upload, requests, webhooks, health):
+    for module in (upload, requests, manage, webhooks, health):
         app.include_router(module.router)
     app.mount(
         "/images",

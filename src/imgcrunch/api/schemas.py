@@ -68,13 +68,21 @@ class WebhookState(BaseModel):
     history: list[WebhookAttemptInfo] = []  # the latest attempts, oldest first
 
 
-class Status(BaseModel):
+class Figures(BaseModel):
+    """How fast and how well, so far."""
+
+    bytes_in: int  # of the images done
+    bytes_out: int
+    savings_percent: float | None  # 100 * (1 - out / in); None before the first image
+    images_per_second: float | None  # finished images over the time since work started
+    eta_seconds: float | None  # at that pace, until the last image; None when unknown or done
+
+
+class Status(Figures):
     request_id: uuid.UUID
     status: str
     error: str | None = None  # why a `failed` request could not be processed at all
     progress: Progress
-    bytes_in: int
-    bytes_out: int
     output_csv_url: str | None
     errors: list[ImageError]
     errors_truncated: bool
@@ -88,3 +96,18 @@ class Status(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class RequestSummary(Figures):
+    request_id: uuid.UUID
+    status: str
+    progress: Progress
+    status_url: str
+    output_csv_url: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class RequestList(BaseModel):
+    requests: list[RequestSummary]  # newest first
+    next_url: str | None  # the next page, if there may be one

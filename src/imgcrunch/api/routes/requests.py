@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,7 +20,8 @@ from imgcrunch.api.schemas import (
     WebhookAttemptInfo,
     WebhookState,
 )
-from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request
+from imgcrunch.config import Settings
+from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request, utcnow
 
 router = APIRouter(tags=["requests"])
 
@@ -52,11 +54,8 @@ async def status(
         status=request.status,
         error=request.error,
         progress=Progress.model_validate(request.progress()),
-        bytes_in=request.bytes_in,
-        bytes_out=request.bytes_out,
-        output_csv_url=(
-            f"{settings.public_base_url}/download/{request.id}" if request.output_key else None
-        ),
+        **figures(request, now=utcnow()),
+        output_csv_url=download_url(request, settings),
         errors=[
             ImageError(
                 row=image.row_number,
@@ -74,6 +73,33 @@ async def status(
         started_at=request.started_at,
         completed_at=request.completed_at,
     )
+
+
+def download_url(request: Request, settings: Settings) -> str | None:
+    return f"{settings.public_base_url}/download/{request.id}" if request.output_key else None
+
+
+def figures(request: Request, *, now: datetime) -> dict[str, Any]:
+    """The fields of schemas.Figures for a request, as of `now`."""
+    finished = request.done_images + request.failed_images
+    savings = None
+    if request.bytes_in:
+        savings = round(100 * (1 - request.bytes_out / request.bytes_in), 1)
+    rate = eta = None
+    if request.started_at and finished:
+        end = request.completed_at or now
+        elapsed = (end - request.started_at).total_seconds()
+        if elapsed > 0:
+            rate = round(finished / elapsed, 2)
+            if request.status in ACTIVE_STATUSES:
+                eta = round((request.total_images - finished) / rate, 1)
+    return {
+        "bytes_in": request.bytes_in,
+        "bytes_out": request.bytes_out,
+        "savings_percent": savings,
+        "images_per_second": rate,
+        "eta_seconds": eta,
+    }
 
 
 _HISTORY = 20  # attempts shown; a schedule has 8 at most

@@ -1,0 +1,90 @@
+"""GET /requests (newest first, a page at a time) and DELETE /requests/{id}."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from imgcrunch import repository
+from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.errors import ApiError
+from imgcrunch.api.routes.requests import download_url, figures, load_request
+from imgcrunch.api.schemas import ErrorBody, Progress, RequestList, RequestSummary
+from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
+
+router = APIRouter(tags=["requests"])
+
+_PAGE = 20
+_MAX_PAGE = 100
+
+
+@router.get("/requests", response_model=RequestList, responses={401: {"model": ErrorBody}})
+async def list_requests(
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    status: Annotated[RequestStatus | None, Query(description="only those in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=_MAX_PAGE)] = _PAGE,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> RequestList:
+    """Your requests, newest first; with API keys on, only the key owner's."""
+    # One more than asked: whether there is a next page, without counting them all.
+    found = await repository.list_requests(
+        session, owner=owner, status=status, limit=limit + 1, offset=offset
+    )
+    now = utcnow()
+    base = settings.public_base_url
+    page = [
+        RequestSummary(
+            request_id=request.id,
+            status=request.status,
+            progress=Progress.model_validate(request.progress()),
+            **figures(request, now=now),
+            status_url=f"{base}/status/{request.id}",
+            output_csv_url=download_url(request, settings),
+            created_at=request.created_at,
+            completed_at=request.completed_at,
+        )
+        for request in found[:limit]
+    ]
+    next_url = None
+    if len(found) > limit:
+        query = f"limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
+        next_url = f"{base}/requests?{query}"
+    return RequestList(requests=page, next_url=next_url)
+
+
+_DELETE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 409)
+}
+
+
+@router.delete(
+    "/requests/{request_id}",
+    status_code=204,
+    response_class=Response,
+    responses=_DELETE_ERRORS,
+)
+async def delete_request(
+    owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, services: ServicesDep
+) -> Response:
+    """Remove a finished request: its rows, its images and its CSVs. The output URLs stop
+    working. A request still queued or processing cannot be deleted."""
+    request = await load_request(session, request_id, owner)
+    if request.status in ACTIVE_STATUSES:
+        raise ApiError(
+            409,
+            "still_active",
+            f"request {request_id} is {request.status}; it can be deleted once it has finished",
+        )
+    # Rows first: were the files removed first and the rows not, the request would point at
+    # files that are gone. Files left by a failed removal are only wasted space.
+    deleted = await repository.delete_request(session, request_id)
+    await session.commit()
+    if not deleted:
+        raise ApiError(404, "not_found", f"no request {request_id}")
+    await asyncio.to_thread(services.storage.remove_request, request_id)
+    return Response(status_code=204)

@@ -1,0 +1,109 @@
+"""Managing requests through the HTTP API: listing them, a page at a time, and deleting them."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.conftest import ImageServer, Service, ServiceFactory
+
+
+def finished(service: Service, image_server: ImageServer, tag: str, images: int = 2) -> str:
+    urls = ",".join(image_server.photo_urls(images, tag=tag))
+    response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+    assert response.status_code == 202, response.text
+    request_id: str = response.json()["request_id"]
+    assert service.wait_until_finished(request_id)["status"] == "completed"
+    return request_id
+
+
+def test_requests_are_listed_newest_first_a_page_at_a_time(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service()
+    made = [finished(service, image_server, f"list-{n}-") for n in range(3)]
+    with service.client() as client:
+        first = client.get("/requests", params={"limit": 2}).json()
+        assert [r["request_id"] for r in first["requests"]] == made[:0:-1]  # newest first
+        assert first["next_url"] == f"{service.base_url}/requests?limit=2&offset=2"
+        second = client.get(first["next_url"]).json()
+        assert [r["request_id"] for r in second["requests"]] == made[:1]
+        assert second["next_url"] is None
+        assert client.get("/requests", params={"status": "failed"}).json()["requests"] == []
+        bad = client.get("/requests", params={"status": "lost", "limit": 0})
+    assert bad.status_code == 422
+    assert {d["field"] for d in bad.json()["error"]["details"]} == {"status", "limit"}
+
+    summary = first["requests"][0]
+    assert summary["status"] == "completed"
+    assert summary["progress"] == {"total": 2, "done": 2, "failed": 0, "percent": 100.0}
+    assert summary["status_url"] == f"{service.base_url}/status/{made[2]}"
+    assert summary["output_csv_url"] == f"{service.base_url}/download/{made[2]}"
+    assert 0 < summary["bytes_out"] < summary["bytes_in"]
+    assert 0 < summary["savings_percent"] < 100
+    assert summary["images_per_second"] > 0
+    assert summary["eta_seconds"] is None  # finished
+
+
+def test_status_shows_pace_and_savings_while_processing(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    image_server.delay = 0.2
+    try:
+        urls = ",".join(image_server.photo_urls(8, tag="pace-"))
+        response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+        request_id = response.json()["request_id"]
+        deadline = time.monotonic() + 30
+        with service.client() as client:
+            while True:
+                status = client.get(f"/status/{request_id}").json()
+                if status["progress"]["done"] >= 2:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        image_server.delay = 0.0
+    assert status["status"] == "processing"
+    assert status["images_per_second"] > 0
+    assert status["eta_seconds"] > 0
+    assert 0 < status["savings_percent"] < 100
+
+
+def test_a_finished_request_is_deleted_with_its_files(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service()
+    request_id = finished(service, image_server, "delete-")
+    with service.client() as client:
+        csv_text = client.get(f"/download/{request_id}").text
+        image_url = csv_text.splitlines()[1].split('"')[3].split(",")[0]
+        assert httpx.get(image_url).status_code == 200
+        assert client.delete(f"/requests/{request_id}").status_code == 204
+        for path in (f"/status/{request_id}", f"/download/{request_id}"):
+            assert client.get(path).status_code == 404
+        again = client.delete(f"/requests/{request_id}")
+        assert (again.status_code, again.json()["error"]["code"]) == (404, "not_found")
+        listed = client.get("/requests").json()["requests"]
+        assert all(r["request_id"] != request_id for r in listed)
+    assert httpx.get(image_url).status_code == 404
+    assert not (service.data_dir / "images" / request_id).exists()
+    assert not (service.data_dir / "csv" / request_id).exists()
+
+
+def test_an_active_request_cannot_be_deleted(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    image_server.delay = 0.3
+    try:
+        urls = ",".join(image_server.photo_urls(5, tag="busy-"))
+        response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+        request_id = response.json()["request_id"]
+        with service.client() as client:
+            refused = client.delete(f"/requests/{request_id}")
+    finally:
+        image_server.delay = 0.0
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "still_active")
+    assert service.wait_until_finished(request_id)["status"] == "completed"  # untouched
