@@ -107,3 +107,76 @@ def test_an_active_request_cannot_be_deleted(
         image_server.delay = 0.0
     assert (refused.status_code, refused.json()["error"]["code"]) == (409, "still_active")
     assert service.wait_until_finished(request_id)["status"] == "completed"  # untouched
+
+
+def fetched(image_server: ImageServer, urls: list[str]) -> int:
+    """How many times the image server was asked for these URLs."""
+    return sum(image_server.hits[httpx.URL(url).raw_path.decode()] for url in urls)
+
+
+def test_cancel_mid_request_processes_no_image_after_it(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    urls = image_server.photo_urls(12, tag="cancel-")
+    image_server.delay = 0.2
+    try:
+        rows = "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1))
+        request_id = service.upload("S. No,Product Name,Input Image Urls\n" + rows).json()[
+            "request_id"
+        ]
+        with service.client() as client:
+            deadline = time.monotonic() + 30
+            while client.get(f"/status/{request_id}").json()["progress"]["done"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            cancelled = client.post(f"/requests/{request_id}/cancel")
+            asked_at_cancel = fetched(image_server, urls)
+            time.sleep(1.0)  # five more images' worth of time, were any started
+            asked_later = fetched(image_server, urls)
+            status = client.get(f"/status/{request_id}").json()
+            again = client.post(f"/requests/{request_id}/cancel")
+            output = client.get(f"/download/{request_id}")
+    finally:
+        image_server.delay = 0.0
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    done = cancelled.json()["progress"]["done"]
+    assert 2 <= done < 12
+    # At most the one download in flight at the cancel (FETCH_CONCURRENCY=1) went on; it was
+    # neither compressed nor counted, and nothing was started after it.
+    assert asked_later <= asked_at_cancel + 1
+    assert fetched(image_server, urls) == asked_later
+    assert status["status"] == "cancelled"
+    assert status["progress"]["done"] == done
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "not_active")
+    assert (output.status_code, output.json()["error"]["code"]) == (409, "no_output")
+
+
+def test_retry_after_a_failing_origin_recovers(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    # Fails its first three answers: the service's own three tries (FETCH_RETRIES=2) all fail.
+    service = make_service(FETCH_RETRY_BACKOFF="0")
+    flaky = image_server.url("/flaky?fail=3&status=503&key=retry-me")
+    good = image_server.photo_urls(1, tag="retry-")[0]
+    response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{good},{flaky}"\n')
+    request_id = response.json()["request_id"]
+    first = service.wait_until_finished(request_id)
+    assert first["status"] == "completed_with_errors"
+    assert [e["url"] for e in first["errors"]] == [flaky]
+    with service.client() as client:
+        retried = client.post(f"/requests/{request_id}/retry")
+        assert retried.status_code == 202
+        assert retried.json()["status"] == "processing"
+        assert retried.json()["progress"] == {"total": 2, "done": 1, "failed": 0, "percent": 50.0}
+        second = service.wait_until_finished(request_id)
+        assert second["status"] == "completed"
+        assert second["progress"] == {"total": 2, "done": 2, "failed": 0, "percent": 100.0}
+        output = client.get(f"/download/{request_id}").text
+        nothing = client.post(f"/requests/{request_id}/retry")
+    outputs = output.splitlines()[1].split('"')[3].split(",")
+    assert len(outputs) == 2
+    assert all(url.startswith(f"{service.base_url}/images/{request_id}/") for url in outputs)
+    assert image_server.hits["/flaky?fail=3&status=503&key=retry-me"] == 4
+    assert (nothing.status_code, nothing.json()["error"]["code"]) == (409, "nothing_to_retry")

@@ -34,6 +34,9 @@ class Dispatcher(Protocol):
     def deliver_webhooks(self) -> None:
         """Have the due webhook events sent soon: one was just made due (a redelivery)."""
 
+    def cancel(self, request_id: uuid.UUID) -> None:
+        """The request was cancelled in the database: stop its work in hand, if any."""
+
     async def stop(self) -> None: ...
 
 
@@ -94,6 +97,9 @@ class InlineDispatcher:
 
     def deliver_webhooks(self) -> None:
         self._webhooks_due.set()
+
+    def cancel(self, request_id: uuid.UUID) -> None:
+        self._pipeline.cancel(request_id)
 
     async def stop(self) -> None:
         """Take no new work, let in-flight batches finish within the grace, release the rest."""
@@ -190,6 +196,9 @@ class CeleryDispatcher:
 
     def deliver_webhooks(self) -> None:
         self._send(self._celery_app.send_deliver, self._sender)
+
+    def cancel(self, request_id: uuid.UUID) -> None:
+        pass  # workers claim only pending images: a batch in hand finishes, unrecorded
 
     def _send(self, send_task: Callable[..., None], *args: Any) -> None:
         send = asyncio.get_running_loop().run_in_executor(None, send_task, *args)

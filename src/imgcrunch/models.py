@@ -40,6 +40,7 @@ class ImageStatus(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its request was cancelled before it was processed
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -311,6 +311,66 @@ async def delete_request(session: AsyncSession, request_id: uuid.UUID) -> bool:
     return _rowcount(result) == 1
 
 
+async def cancel_request(session: AsyncSession, request_id: uuid.UUID, *, now: datetime) -> bool:
+    """Stop an active request: its images not yet recorded will never be. False if it was not
+    active. A result that arrives afterwards changes nothing: only pending images are recorded.
+    """
+    result = await session.execute(
+        update(Request)
+        .where(Request.id == request_id, Request.status.in_(ACTIVE_STATUSES))
+        .values(status=RequestStatus.CANCELLED, completed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) != 1:
+        return False
+    await session.execute(
+        update(Image)
+        .where(Image.request_id == request_id, Image.status == ImageStatus.PENDING)
+        .values(status=ImageStatus.CANCELLED, claimed_by=None, claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+async def retry_failed_images(
+    session: AsyncSession, request_id: uuid.UUID, *, now: datetime
+) -> int:
+    """Make a finished request's failed images pending again, and the request `processing`;
+    returns how many. Only from `completed_with_errors`: nothing else has images to retry."""
+    reopened = await session.execute(
+        update(Request)
+        .where(
+            Request.id == request_id,
+            Request.status == RequestStatus.COMPLETED_WITH_ERRORS,
+        )
+        .values(status=RequestStatus.PROCESSING, completed_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(reopened) != 1:
+        return 0
+    result = await session.execute(
+        update(Image)
+        .where(Image.request_id == request_id, Image.status == ImageStatus.FAILED)
+        .values(
+            status=ImageStatus.PENDING,
+            error_code=None,
+            error_message=None,
+            completed_at=None,
+            claimed_by=None,
+            claimed_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    retried = _rowcount(result)
+    await session.execute(
+        update(Request)
+        .where(Request.id == request_id)
+        .values(failed_images=Request.failed_images - retried)
+        .execution_options(synchronize_session=False)
+    )
+    return retried
+
+
 # --- working on images ----------------------------------------------------------------------
 
 # The statements below run for every batch, so they are built once with bound parameters:

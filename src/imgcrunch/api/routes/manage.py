@@ -1,4 +1,4 @@
-"""GET /requests (newest first, a page at a time) and DELETE /requests/{id}."""
+"""GET /requests (newest first, a page at a time); cancel, retry and delete a request."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, 
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.routes.requests import download_url, figures, load_request
 from imgcrunch.api.schemas import ErrorBody, Progress, RequestList, RequestSummary
-from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
+from imgcrunch.config import Settings
+from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 
 router = APIRouter(tags=["requests"])
 
@@ -35,21 +36,8 @@ async def list_requests(
     found = await repository.list_requests(
         session, owner=owner, status=status, limit=limit + 1, offset=offset
     )
-    now = utcnow()
+    page = [_summary(request, settings) for request in found[:limit]]
     base = settings.public_base_url
-    page = [
-        RequestSummary(
-            request_id=request.id,
-            status=request.status,
-            progress=Progress.model_validate(request.progress()),
-            **figures(request, now=now),
-            status_url=f"{base}/status/{request.id}",
-            output_csv_url=download_url(request, settings),
-            created_at=request.created_at,
-            completed_at=request.completed_at,
-        )
-        for request in found[:limit]
-    ]
     next_url = None
     if len(found) > limit:
         query = f"limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
@@ -57,16 +45,79 @@ async def list_requests(
     return RequestList(requests=page, next_url=next_url)
 
 
-_DELETE_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 404, 409)
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409)}
+
+
+def _summary(request: Request, settings: Settings) -> RequestSummary:
+    return RequestSummary(
+        request_id=request.id,
+        status=request.status,
+        progress=Progress.model_validate(request.progress()),
+        **figures(request, now=utcnow()),
+        status_url=f"{settings.public_base_url}/status/{request.id}",
+        output_csv_url=download_url(request, settings),
+        created_at=request.created_at,
+        completed_at=request.completed_at,
+    )
+
+
+@router.post("/requests/{request_id}/cancel", response_model=RequestSummary, responses=_ERRORS)
+async def cancel(
+    owner: OwnerDep,
+    request_id: RequestIdDep,
+    session: SessionDep,
+    services: ServicesDep,
+    settings: SettingsDep,
+) -> RequestSummary:
+    """Stop a queued or processing request: no image of it is started afterwards, and none
+    still in flight is recorded. What was done stays (its files, its counts); it has no output
+    CSV. The status becomes `cancelled`."""
+    await load_request(session, request_id, owner)
+    cancelled = await repository.cancel_request(session, request_id, now=utcnow())
+    await session.commit()
+    if not cancelled:
+        request = await load_request(session, request_id, owner)
+        raise ApiError(409, "not_active", f"request {request_id} is {request.status} already")
+    services.dispatcher.cancel(request_id)
+    return _summary(await load_request(session, request_id, owner), settings)
+
+
+@router.post(
+    "/requests/{request_id}/retry",
+    status_code=202,
+    response_model=RequestSummary,
+    responses=_ERRORS,
+)
+async def retry(
+    owner: OwnerDep,
+    request_id: RequestIdDep,
+    session: SessionDep,
+    services: ServicesDep,
+    settings: SettingsDep,
+) -> RequestSummary:
+    """Try a `completed_with_errors` request's failed images again (say, once their origin is
+    back). The request is `processing` until they are done; then a new output CSV, and a new
+    webhook event if it has a webhook."""
+    await load_request(session, request_id, owner)
+    retried = await repository.retry_failed_images(session, request_id, now=utcnow())
+    await session.commit()
+    if not retried:
+        request = await load_request(session, request_id, owner)
+        raise ApiError(
+            409,
+            "nothing_to_retry",
+            f"request {request_id} is {request.status}: only a request completed with errors "
+            "has failed images to retry",
+        )
+    services.dispatcher.submit(request_id)
+    return _summary(await load_request(session, request_id, owner), settings)
 
 
 @router.delete(
     "/requests/{request_id}",
     status_code=204,
     response_class=Response,
-    responses=_DELETE_ERRORS,
+    responses=_ERRORS,
 )
 async def delete_request(
     owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, services: ServicesDep
