@@ -1,11 +1,14 @@
-"""`imgcrunch serve | worker | migrate`."""
+"""`imgcrunch serve | worker | migrate | process | submit | status | download`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from imgcrunch import __version__
 from imgcrunch.config import Settings
@@ -29,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a scale-out worker; its options are those of `celery worker` "
         "(imgcrunch worker --help lists them)",
     )
+    _add_client_commands(commands)
     args, passed_through = parser.parse_known_args(argv)
     if passed_through and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(passed_through)}")
@@ -44,11 +48,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alembic.runtime.plugins",
     ):  # a line per image is noise, not a log
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    if args.command in _CLIENT_COMMANDS:
+        return _client(args, settings)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "worker":
         return _worker(settings, passed_through)
     return _serve(settings)
+
+
+_CLIENT_COMMANDS = ("process", "submit", "status", "download")
+
+
+def _add_client_commands(commands: Any) -> None:
+    process = commands.add_parser(
+        "process",
+        help="compress the images of a CSV on this machine, no server needed",
+        description="Exit codes: 0 every image compressed, 1 some failed (their reasons are in "
+        "the output CSV), 2 the CSV was refused.",
+    )
+    process.add_argument("csv", type=Path, help="the products CSV")
+    process.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder")
+    process.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--server",
+        default=os.environ.get("IMGCRUNCH_SERVER", "http://localhost:8000"),
+        help="the server's address (IMGCRUNCH_SERVER; default http://localhost:8000)",
+    )
+    server.add_argument(
+        "--api-key",
+        default=os.environ.get("IMGCRUNCH_API_KEY"),
+        help="when the server has API keys (IMGCRUNCH_API_KEY)",
+    )
+    submit = commands.add_parser(
+        "submit",
+        parents=[server],
+        help="upload a CSV to a server; prints the request id",
+        description="Exit codes: 0 accepted (with --wait: every image compressed), 1 some "
+        "images failed, 2 refused or failed, 3 the server cannot be reached.",
+    )
+    submit.add_argument("csv", type=Path)
+    submit.add_argument("--wait", action="store_true", help="follow it to the end, with progress")
+    submit.add_argument("--webhook-url")
+    submit.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
+    status = commands.add_parser("status", parents=[server], help="a request's status, as JSON")
+    status.add_argument("request_id")
+    download = commands.add_parser("download", parents=[server], help="a request's output CSV")
+    download.add_argument("request_id")
+    download.add_argument("-o", "--output", type=Path, help="default imgcrunch-<id>.csv")
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from imgcrunch import local_run, remote
+
+    console = Console(stderr=True)
+    logging.getLogger().setLevel(logging.WARNING)  # the progress bar says what matters
+    if args.command == "process":
+        run = local_run.LocalRun(csv_path=args.csv, out=args.out, quality=args.quality)
+        return local_run.process(run, settings, console)
+    server = remote.Server(url=args.server, api_key=args.api_key)
+    if args.command == "submit":
+        return remote.submit(
+            server,
+            args.csv,
+            webhook_url=args.webhook_url,
+            quality=args.quality,
+            wait=args.wait,
+            console=console,
+        )
+    if args.command == "status":
+        return remote.status(server, args.request_id, console)
+    return remote.download(server, args.request_id, args.output, console)
 
 
 def _migrate(settings: Settings) -> int:

@@ -73,6 +73,20 @@ class InlineDispatcher:
         self._lanes: list[asyncio.Task[None]] = []
         self._courier: asyncio.Task[None] | None = None
 
+    @classmethod
+    def for_settings(
+        cls, pipeline: Pipeline, deliverer: Deliverer, sessions: SessionFactory, settings: Settings
+    ) -> InlineDispatcher:
+        return cls(
+            pipeline,
+            deliverer,
+            sessions=sessions,
+            # Enough batches in flight that one batch's tail never leaves a core idle.
+            lanes=max(2, -(-settings.fetch_concurrency // settings.batch_size) + 1),
+            batch_size=settings.batch_size,
+            shutdown_grace=settings.shutdown_grace,
+        )
+
     async def start(self) -> None:
         async with self._sessions.begin() as session:
             # One embedded process owns the database, so any claim is a dead process's leftover.

@@ -61,12 +61,4 @@ async def _inline_dispatcher(
     async with open_runtime(settings, sessions, codec_threads=settings.cpu_workers) as runtime:
         # Embedded mode is the only writer: a temp file found now belongs to a killed process.
         runtime.storage.remove_partial_writes()
-        yield InlineDispatcher(
-            runtime.pipeline,
-            runtime.deliverer,
-            sessions=sessions,
-            # Enough batches in flight that one batch's tail never leaves a core idle.
-            lanes=max(2, -(-settings.fetch_concurrency // settings.batch_size) + 1),
-            batch_size=settings.batch_size,
-            shutdown_grace=settings.shutdown_grace,
-        )
+        yield InlineDispatcher.for_settings(runtime.pipeline, runtime.deliverer, sessions, settings)

@@ -1,0 +1,171 @@
+"""`imgcrunch process FILE.csv -o OUT/`: the whole pipeline on this machine, with no server.
+
+The same code as the service in embedded mode (runtime, in-process dispatcher, SQLite), pointed
+at the output folder: the images land in `OUT/images/<request>/`, the output CSV beside them
+with `file://` URLs, and the database in `OUT/imgcrunch.db`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from imgcrunch import csvio, progress, repository
+from imgcrunch.config import Settings
+from imgcrunch.db import SessionFactory, migrate
+from imgcrunch.dispatch import InlineDispatcher
+from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
+from imgcrunch.runtime import open_runtime, open_sessions
+from imgcrunch.storage import LocalStorage, input_csv_key
+from imgcrunch.webhooks import new_secret
+
+POLL_SECONDS = 0.2
+FAILURES_SHOWN = 20
+
+# Exit codes, for scripts (the README lists them).
+OK = 0
+SOME_FAILED = 1  # every image was tried; some failed (their reasons are in the output CSV)
+UNUSABLE = 2  # the CSV was refused, or the request could not be processed at all
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRun:
+    csv_path: Path
+    out: Path
+    quality: int | None = None
+
+
+def settings_for(run: LocalRun, base: Settings) -> Settings:
+    """The environment's settings, with the storage, database and URLs in the output folder."""
+    out = run.out.resolve()
+    return base.model_copy(
+        update={
+            "data_dir": out,
+            "storage_dir": out,
+            "database_url": f"sqlite+aiosqlite:///{out / 'imgcrunch.db'}",
+            "public_base_url": out.as_uri(),
+            "queue": "inline",
+            # No webhooks here: a throwaway secret, so none is made and left in the folder.
+            "webhook_secret": (new_secret(),),
+        }
+    )
+
+
+def process(run: LocalRun, base: Settings, console: Console) -> int:
+    """Process the CSV, showing progress; returns the exit code."""
+    data = run.csv_path.read_bytes()
+    limits = csvio.Limits(
+        max_rows=base.max_csv_rows,
+        max_urls_per_row=base.max_urls_per_row,
+        max_url_length=base.max_url_length,
+    )
+    try:
+        parsed = csvio.parse(data, limits)
+    except csvio.CsvError as error:
+        console.print(f"[red]{run.csv_path}: {error.message}[/red]")
+        for problem in error.problems:
+            where = f"row {problem.row}" if problem.row is not None else "file"
+            column = f", {problem.column}" if problem.column else ""
+            console.print(f"  {where}{column}: {problem.reason}")
+        return UNUSABLE
+    settings = settings_for(run, base)
+    run.out.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    return asyncio.run(_process(run, settings, data, parsed, console))
+
+
+async def _process(
+    run: LocalRun, settings: Settings, data: bytes, parsed: csvio.ParsedCsv, console: Console
+) -> int:
+    started = time.monotonic()
+    threads = settings.cpu_workers
+    async with (
+        open_sessions(settings) as sessions,
+        open_runtime(settings, sessions, codec_threads=threads) as runtime,
+    ):
+        request_id = await _create(sessions, runtime.storage, data, parsed, run, settings)
+        dispatcher = InlineDispatcher.for_settings(
+            runtime.pipeline, runtime.deliverer, sessions, settings
+        )
+        await dispatcher.start()
+        try:
+            dispatcher.submit(request_id)
+            snapshot = await _follow(sessions, request_id, console, run.csv_path.name)
+        finally:
+            await dispatcher.stop()
+        async with sessions() as session:
+            request = await repository.get_request(session, request_id)
+            failures = await repository.failed_images(session, request_id, limit=FAILURES_SHOWN)
+    assert request is not None
+    output = None
+    if request.output_key:
+        output_path = run.out / f"{run.csv_path.stem}.output.csv"
+        shutil.copyfile(runtime.storage.path(request.output_key), output_path)
+        output = str(output_path)
+    progress.summary(
+        console,
+        snapshot,
+        seconds=time.monotonic() - started,
+        output=output,
+        failures=[
+            progress.FailedImage(row=f.row_number, url=f.url, code=f.code, message=f.message)
+            for f in failures
+        ],
+        more_failures=max(0, request.failed_images - len(failures)),
+    )
+    if request.status == RequestStatus.COMPLETED:
+        return OK
+    return SOME_FAILED if request.status == RequestStatus.COMPLETED_WITH_ERRORS else UNUSABLE
+
+
+async def _create(
+    sessions: SessionFactory,
+    storage: LocalStorage,
+    data: bytes,
+    parsed: csvio.ParsedCsv,
+    run: LocalRun,
+    settings: Settings,
+) -> uuid.UUID:
+    request_id = uuid.uuid4()
+    key = input_csv_key(request_id)
+    await asyncio.to_thread(storage.put, key, data)
+    async with sessions.begin() as session:
+        await repository.create_request(
+            session,
+            repository.NewRequest(
+                id=request_id,
+                total_images=parsed.image_count,
+                extra_columns=parsed.extra_columns,
+                quality=run.quality or settings.jpeg_quality,
+                input_key=key,
+            ),
+        )
+    return request_id
+
+
+async def _follow(
+    sessions: SessionFactory, request_id: uuid.UUID, console: Console, label: str
+) -> progress.Snapshot:
+    with progress.progress_bar(console, label) as bar:
+        while True:
+            async with sessions() as session:
+                request = await repository.get_request(session, request_id)
+            assert request is not None
+            snapshot = progress.Snapshot(
+                status=request.status,
+                total=request.total_images,
+                done=request.done_images,
+                failed=request.failed_images,
+                bytes_in=request.bytes_in,
+                bytes_out=request.bytes_out,
+            )
+            bar.show(snapshot)
+            if request.status not in ACTIVE_STATUSES:
+                return snapshot
+            await asyncio.sleep(POLL_SECONDS)

@@ -1,0 +1,123 @@
+"""The command line, through real subprocesses: `process` with no server, and `submit`,
+`status` and `download` against a running one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ImageServer, Service, ServiceFactory, free_port
+
+
+def imgcrunch(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCRUNCH_")}
+    env |= {"IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true", "COLUMNS": "200"}
+    env |= {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
+    return subprocess.run(
+        [sys.executable, "-m", "imgcrunch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def products(tmp_path: Path, *rows: str) -> Path:
+    path = tmp_path / "products.csv"
+    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_process_compresses_a_csv_with_no_server(tmp_path: Path, image_server: ImageServer) -> None:
+    a, b, c = image_server.photo_urls(3, tag="cli-")
+    products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}")
+    done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for shown in ("3/3", "images/s", "ETA"):  # the progress bar
+        assert shown in done.stderr
+    for shown in ("compressed", "saved", "products.output.csv"):  # the summary table
+        assert shown in done.stderr
+
+    output = tmp_path / "out" / "products.output.csv"
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert [row["S. No."] for row in rows] == ["1", "2"]
+    files = [url for row in rows for url in row["Output Image Urls"].split(",")]
+    assert len(files) == 3
+    for url in files:
+        assert url.startswith((tmp_path / "out" / "images").as_uri())
+        assert Path(url.removeprefix("file://")).read_bytes()[:3] == b"\xff\xd8\xff"
+    assert not (tmp_path / "out" / "webhook-secret").exists()
+
+
+def test_process_exits_1_when_an_image_failed_and_says_why(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    good = image_server.photo_urls(1, tag="cli-fail-")[0]
+    missing = image_server.url("/missing.jpg")
+    products(tmp_path, f'1,A,"{good},{missing}"')
+    done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "completed_with_errors" in done.stderr
+    assert missing in done.stderr
+    assert "http_error" in done.stderr
+
+
+def test_process_exits_2_for_a_bad_csv_naming_rows(tmp_path: Path) -> None:
+    products(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
+    done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "row 2, Input Image Urls: 'ftp://example.com/a.jpg' is not an absolute" in done.stderr
+    assert "row 3, Product Name" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_submit_wait_status_and_download_against_a_server(
+    tmp_path: Path, make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    key = "cli-key-" + "k" * 24
+    service: Service = make_service(API_KEYS=key)
+    server = ["--server", service.base_url, "--api-key", key]
+    url = image_server.photo_urls(1, tag="cli-submit-")[0]
+    products(tmp_path, f"1,A,{url}")
+
+    submitted = imgcrunch("submit", "products.csv", "--wait", *server, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    request_id = submitted.stdout.strip()
+    assert "completed" in submitted.stderr
+
+    status = imgcrunch("status", request_id, *server, cwd=tmp_path)
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["status"] == "completed"
+
+    downloaded = imgcrunch("download", request_id, *server, cwd=tmp_path)
+    assert downloaded.returncode == 0
+    written = tmp_path / downloaded.stdout.strip()
+    assert written.name == f"imgcrunch-{request_id}.csv"
+    assert url in written.read_text()
+
+    refused = imgcrunch("status", request_id, "--server", service.base_url, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "401 unauthorized" in refused.stderr
+
+
+def test_submit_without_waiting_and_without_a_server(
+    tmp_path: Path, service: Service, image_server: ImageServer
+) -> None:
+    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-nowait-')[0]}")
+    submitted = imgcrunch("submit", "products.csv", "--server", service.base_url, cwd=tmp_path)
+    assert submitted.returncode == 0
+    request_id = submitted.stdout.strip()
+    assert httpx.get(f"{service.base_url}/status/{request_id}").status_code == 200
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    unreachable = imgcrunch("submit", "products.csv", "--server", nowhere, cwd=tmp_path)
+    assert unreachable.returncode == 3
+    assert f"cannot reach {nowhere}" in unreachable.stderr
