@@ -371,6 +371,48 @@ async def retry_failed_images(
     return retried
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    row_number: str
+    product_name: str
+    source_url: str
+    status: str
+    output_key: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    width: int | None
+    height: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+async def request_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int, offset: int
+) -> list[ImageRow]:
+    """The request's images in the order of the input file: rows, then URLs within a row."""
+    result = await session.execute(
+        select(
+            Product.row_number,
+            Product.product_name,
+            Image.source_url,
+            Image.status,
+            Image.output_key,
+            Image.bytes_in,
+            Image.bytes_out,
+            Image.width,
+            Image.height,
+            Image.error_code,
+            Image.error_message,
+        )
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [ImageRow(*row) for row in result]
+
+
 # --- working on images ----------------------------------------------------------------------
 
 # The statements below run for every batch, so they are built once with bound parameters:

@@ -111,3 +111,22 @@ class RequestSummary(Figures):
 class RequestList(BaseModel):
     requests: list[RequestSummary]  # newest first
     next_url: str | None  # the next page, if there may be one
+
+
+class ImageInfo(BaseModel):
+    row: str  # the product's S. No. as written in the input
+    product_name: str
+    source_url: str
+    status: str  # pending | done | failed | cancelled
+    output_url: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    width: int | None
+    height: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+class ImageList(BaseModel):
+    images: list[ImageInfo]  # in the order of the input file
+    next_url: str | None

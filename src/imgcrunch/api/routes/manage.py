@@ -12,7 +12,14 @@ from imgcrunch import repository
 from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.routes.requests import download_url, figures, load_request
-from imgcrunch.api.schemas import ErrorBody, Progress, RequestList, RequestSummary
+from imgcrunch.api.schemas import (
+    ErrorBody,
+    ImageInfo,
+    ImageList,
+    Progress,
+    RequestList,
+    RequestSummary,
+)
 from imgcrunch.config import Settings
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 
@@ -46,6 +53,46 @@ async def list_requests(
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409)}
+
+
+@router.get(
+    "/requests/{request_id}/images",
+    response_model=ImageList,
+    responses={code: {"model": ErrorBody} for code in (401, 404)},
+)
+async def list_images(
+    owner: OwnerDep,
+    request_id: RequestIdDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ImageList:
+    """Each image of the request, in the input's order: where it came from, what became of it
+    (output URL, sizes) or why it failed."""
+    await load_request(session, request_id, owner)
+    found = await repository.request_images(session, request_id, limit=limit + 1, offset=offset)
+    base = settings.public_base_url
+    images = [
+        ImageInfo(
+            row=image.row_number,
+            product_name=image.product_name,
+            source_url=image.source_url,
+            status=image.status,
+            output_url=f"{base}/{image.output_key}" if image.output_key else None,
+            bytes_in=image.bytes_in,
+            bytes_out=image.bytes_out,
+            width=image.width,
+            height=image.height,
+            error_code=image.error_code,
+            error_message=image.error_message,
+        )
+        for image in found[:limit]
+    ]
+    next_url = None
+    if len(found) > limit:
+        next_url = f"{base}/requests/{request_id}/images?limit={limit}&offset={offset + limit}"
+    return ImageList(images=images, next_url=next_url)
 
 
 def _summary(request: Request, settings: Settings) -> RequestSummary:

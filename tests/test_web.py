@@ -1,0 +1,130 @@
+"""The web page at /, in a real headless browser: Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import servers
+from tests.conftest import ImageServer, ServiceFactory
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As root and offline: no sandbox, and none of Chromium's calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        servers.unavailable("Chromium (Debian's chromium package)", FileNotFoundError(CHROMIUM))
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    context.close()
+
+
+def write_csv(tmp_path: Path, *rows: str) -> Path:
+    path = tmp_path / "products.csv"
+    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_upload_watch_the_bar_download_and_see_a_thumbnail(
+    page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    a, b = image_server.photo_urls(2, tag="web-")
+    missing = image_server.url("/missing.jpg")
+    csv_path = write_csv(tmp_path, f'1,Mug,"{a},{b}"', f"2,Bowl,{missing}")
+
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-message")).to_contain_text("Accepted: 3 images")
+
+    card = page.locator("li.request").first
+    expect(card.locator("progress")).to_have_attribute("value", "100")
+    expect(card).to_have_attribute("data-status", "completed_with_errors")
+    expect(card).to_contain_text("2 of 3 done")
+    with page.expect_download() as download:
+        card.get_by_role("button", name="Download CSV").click()
+    output = Path(download.value.path()).read_text()
+    assert output.startswith("S. No.,Product Name,Input Image Urls,Output Image Urls")
+    assert "Mug" in output
+
+    card.get_by_role("link").click()
+    expect(page.locator("#request-page")).to_be_visible()
+    expect(page.get_by_role("cell", name="Bowl")).to_be_visible()
+    expect(page.locator("#images")).to_contain_text("http_error: HTTP 404")
+    thumbnail = page.locator("img.after").first
+    expect(thumbnail).to_be_visible()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img.after')]"
+        ".some(img => img.complete && img.naturalWidth > 0)"
+    )
+    expect(page.get_by_role("button", name="Retry failed images")).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+
+
+def test_a_bad_file_is_explained_row_by_row(
+    page: Any, make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    csv_path = write_csv(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_role("button", name="Upload").click()
+    message = page.locator("#upload-message")
+    expect(message).to_contain_text("row 2, Input Image Urls: 'ftp://example.com/a.jpg'")
+    expect(message).to_contain_text("row 3, Product Name")
+    expect(message).to_have_class("message error")
+
+
+def test_with_api_keys_the_page_asks_for_one_and_uses_it(
+    page: Any, make_service: ServiceFactory
+) -> None:
+    from playwright.sync_api import expect
+
+    key = "web-key-" + "k" * 24
+    service = make_service(API_KEYS=key)
+    page.goto(f"{service.base_url}/")
+    expect(page.locator("#list-message")).to_contain_text("needs an API key")
+    page.get_by_label("API key, if this server asks for one").fill(key)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#list-message")).to_contain_text("No requests yet")
+
+
+def test_the_page_fits_a_phone(page: Any, service: Any) -> None:
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.goto(f"{service.base_url}/")
+    page.get_by_role("button", name="Upload").wait_for()
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0  # nothing wider than the screen
