@@ -180,3 +180,33 @@ def test_retry_after_a_failing_origin_recovers(
     assert all(url.startswith(f"{service.base_url}/images/{request_id}/") for url in outputs)
     assert image_server.hits["/flaky?fail=3&status=503&key=retry-me"] == 4
     assert (nothing.status_code, nothing.json()["error"]["code"]) == (409, "nothing_to_retry")
+
+
+def test_a_requests_images_are_listed_in_input_order(
+    service: Service, image_server: ImageServer
+) -> None:
+    a, b = image_server.photo_urls(2, tag="images-")
+    missing = image_server.url("/missing.jpg")
+    response = service.upload(
+        f'S. No,Product Name,Input Image Urls\n7,Mug,"{a},{missing}"\n8,Bowl,{b}\n'
+    )
+    request_id = response.json()["request_id"]
+    service.wait_until_finished(request_id)
+    with service.client() as client:
+        first = client.get(f"/requests/{request_id}/images", params={"limit": 2}).json()
+        rest = client.get(first["next_url"]).json()
+    images = first["images"] + rest["images"]
+    assert [(i["row"], i["product_name"], i["source_url"]) for i in images] == [
+        ("7", "Mug", a),
+        ("7", "Mug", missing),
+        ("8", "Bowl", b),
+    ]
+    assert rest["next_url"] is None
+    assert [i["status"] for i in images] == ["done", "failed", "done"]
+    assert images[1]["error_code"] == "http_error"
+    assert images[1]["output_url"] is None
+    done = images[0]
+    assert done["output_url"].startswith(f"{service.base_url}/images/{request_id}/")
+    assert httpx.get(done["output_url"]).status_code == 200
+    assert 0 < done["bytes_out"] < done["bytes_in"]
+    assert (done["width"], done["height"]) > (0, 0)
