@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgcrunch import repository
@@ -38,6 +39,12 @@ class Dispatcher(Protocol):
         """The request was cancelled in the database: stop its work in hand, if any."""
 
     async def stop(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Feed:
+    batches: AsyncIterator[Batch]  # the request's pending images, a page at a time
+    sent: int = 0
 
 
 class InlineDispatcher:
@@ -139,24 +146,51 @@ class InlineDispatcher:
             log.info("shutdown: released %d images for the next start", released)
 
     async def _feed(self) -> None:
+        """Hand the lanes one batch of each active request in turn, so a request submitted
+        after a huge one starts at once instead of waiting for all of it (fair share)."""
+        active: dict[uuid.UUID, _Feed] = {}
         while True:
-            request_id = await self._requests.get()
-            try:
-                await self._feed_request(request_id)
-            except Exception:
-                log.exception("could not schedule request %s", request_id)
+            if not active:
+                await self._start_feeding(await self._requests.get(), active)
+            while not self._requests.empty():
+                await self._start_feeding(self._requests.get_nowait(), active)
+            for request_id, feed in list(active.items()):
+                try:
+                    batch = await anext(feed.batches, None)
+                except Exception:
+                    log.exception("could not schedule request %s", request_id)
+                    batch = None
+                if batch is None:
+                    del active[request_id]
+                    await self._finished_feeding(request_id, feed)
+                else:
+                    feed.sent += 1
+                    await self._batches.put(batch)
 
-    async def _feed_request(self, request_id: uuid.UUID) -> None:
-        if not await self._pipeline.ingest(request_id):
+    async def _start_feeding(self, request_id: uuid.UUID, active: dict[uuid.UUID, _Feed]) -> None:
+        try:
+            ingested = await self._pipeline.ingest(request_id)
+        except Exception:
+            log.exception("could not schedule request %s", request_id)
+            return
+        if not ingested:
             self._webhooks_due.set()  # a request that could not be read has failed: say so
             return
-        sent = 0
-        async for batch in self._pipeline.pending_batches(request_id, batch_size=self._batch_size):
-            await self._batches.put(batch)
-            sent += 1
-        if not sent and await self._pipeline.finalize_if_complete(request_id):
-            # Everything was processed before a restart, but the request was not finalised.
-            self._webhooks_due.set()
+        batches = self._pipeline.pending_batches(request_id, batch_size=self._batch_size)
+        # Submitted again while still being fed (a retry): page from the start again, as images
+        # behind the current page may be pending anew. A batch sent twice claims nothing twice.
+        earlier = active.pop(request_id, None)
+        active[request_id] = _Feed(batches, sent=earlier.sent if earlier else 0)
+
+    async def _finished_feeding(self, request_id: uuid.UUID, feed: _Feed) -> None:
+        if feed.sent:
+            return  # the lane that records the last of them finalises it
+        try:
+            if await self._pipeline.finalize_if_complete(request_id):
+                # Everything was processed before a restart, but it was not finalised.
+                self._webhooks_due.set()
+        except Exception:
+            log.exception("could not finalise request %s", request_id)
 
     async def _run_lane(self) -> None:
         while (batch := await self._batches.get()) is not None:
