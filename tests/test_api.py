@@ -300,6 +300,26 @@ def test_limits_answer_413(make_service: ServiceFactory) -> None:
     assert too_big.json()["error"]["code"] == "file_too_large"
 
 
+def test_past_the_queue_cap_uploads_answer_429_with_retry_after(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(MAX_QUEUED_REQUESTS="1", FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    image_server.delay = 0.2
+    try:
+        urls = ",".join(image_server.photo_urls(5, tag="cap-"))
+        first = upload_ok(service, f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+        one_more = f"S. No,Product Name,Input Image Urls\n1,B,{image_server.photo_urls(1)[0]}\n"
+        refused = service.upload(one_more)
+    finally:
+        image_server.delay = 0.0
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    assert refused.json()["error"]["code"] == "too_many_requests"
+    assert "IMGCRUNCH_MAX_QUEUED_REQUESTS" in refused.json()["error"]["message"]
+    assert service.wait_until_finished(first)["status"] == "completed"
+    upload_ok(service, one_more)  # room again
+
+
 def test_urls_per_row_and_url_length_are_limited(make_service: ServiceFactory) -> None:
     service = make_service(MAX_URLS_PER_ROW="2", MAX_URL_LENGTH="40")
     long_url = "https://example.com/" + "a" * 30 + ".jpg"

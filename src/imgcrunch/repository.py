@@ -282,6 +282,13 @@ async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
     return list(result.scalars())
 
 
+async def count_active_requests(session: AsyncSession) -> int:
+    result = await session.execute(
+        select(func.count()).select_from(Request).where(Request.status.in_(ACTIVE_STATUSES))
+    )
+    return int(result.scalar_one())
+
+
 async def list_requests(
     session: AsyncSession,
     *,

@@ -18,7 +18,10 @@ from imgcrunch.storage import input_csv_key
 router = APIRouter(tags=["requests"])
 
 _CHUNK = 1024 * 1024
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 413, 422)}
+_FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 413, 422, 429)
+}
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
@@ -35,6 +38,7 @@ async def upload(
         int | None, Form(ge=1, le=100, description="JPEG quality; default from the server")
     ] = None,
 ) -> Accepted:
+    await _refuse_when_full(session, settings.max_queued_requests)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
     limits = csvio.Limits(
@@ -70,6 +74,21 @@ async def upload(
         status_url=f"{settings.public_base_url}/status/{request_id}",
         total_images=parsed.image_count,
     )
+
+
+async def _refuse_when_full(session: SessionDep, cap: int) -> None:
+    """Back-pressure: past the cap, a client is told to come back, rather than the queue (and
+    the database, and the disk) growing without bound."""
+    active = await repository.count_active_requests(session)
+    await session.rollback()  # end the read, so the upload's own transaction can begin
+    if active >= cap:
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"{active} requests are queued or processing, the most this server takes "
+            f"(IMGCRUNCH_MAX_QUEUED_REQUESTS); try again in {_FULL_RETRY_AFTER} s",
+            headers={"Retry-After": str(_FULL_RETRY_AFTER)},
+        )
 
 
 def _checked_webhook_url(url: str | None, guard: AddressGuard, max_length: int) -> str | None:
