@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imgcrunch import __version__
+from imgcrunch import __version__, logs
 from imgcrunch.config import Settings
 
 
@@ -39,15 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None))}
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for chatty in (
-        "httpx",
-        "pyvips",
-        "alembic.runtime.plugins",
-    ):  # a line per image is noise, not a log
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.configure(settings.log_format)
     if args.command in _CLIENT_COMMANDS:
         return _client(args, settings)
     if args.command == "migrate":
@@ -162,6 +154,7 @@ def _serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # uvicorn's lines go through our handler: one format for all
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
     return 0

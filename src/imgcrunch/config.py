@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead
     shutdown_grace: float = Field(default=20.0, ge=0)  # SIGTERM: time given to in-flight images
     errors_in_status: int = Field(default=100, ge=0)  # failed images listed by GET /status
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for collectors
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

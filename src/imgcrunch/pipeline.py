@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from imgcrunch import codec, csvio, repository, webhooks
+from imgcrunch import codec, csvio, logs, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
@@ -80,6 +80,7 @@ class Pipeline:
         The upload validated the file and answered at once; the rows are stored here, once,
         so a big catalog never holds up the answer and a crash in between loses nothing.
         """
+        logs.request_id.set(request_id)
         async with self.sessions() as session:
             request = await repository.get_request(session, request_id)
             if request is None or request.status not in ACTIVE_STATUSES:
@@ -124,6 +125,7 @@ class Pipeline:
 
     async def process_batch(self, batch: Batch) -> bool:
         """Claim, process and record the batch's images; True if this call finished the request."""
+        logs.request_id.set(batch.request_id)  # this task's, and its images' tasks'
         claimed = await self._claim(batch)
         if claimed:
             codec_options = codec.CodecOptions(
@@ -155,6 +157,7 @@ class Pipeline:
     async def _process_image(
         self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
     ) -> ImageResult:
+        logs.image_id.set(image.id)  # a task of its own (gather): its lines alone carry it
         if request_id in self._cancelled:
             return _cancelled(image)
         try:
@@ -226,6 +229,7 @@ class Pipeline:
 
     async def finalize_if_complete(self, request_id: uuid.UUID) -> bool:
         """Write the output CSV, set the final status and queue the webhook, exactly once."""
+        logs.request_id.set(request_id)
         async with self.sessions() as session:
             if not await repository.is_complete(session, request_id):
                 return False
@@ -288,6 +292,8 @@ def _cancelled(image: ClaimedImage) -> ImageResult:
 def _failure(request_id: uuid.UUID, image: ClaimedImage, error: Exception) -> ImageResult:
     """The result of an image that failed; call from the `except` that caught `error`."""
     if isinstance(error, FetchError | codec.CodecError):
+        # Not the URL: a signed URL's query is a credential. The image id (on the line) finds it.
+        log.info("image failed: %s: %s", error.code, error.message)
         return ImageResult(image_id=image.id, error_code=error.code, error_message=error.message)
     # Anything else is our bug, not the image's: log it, and still never fail the batch.
     log.exception("image %s of request %s failed unexpectedly", image.id, request_id)
