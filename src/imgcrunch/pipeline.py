@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from imgcrunch import codec, csvio, logs, repository, webhooks
+from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
@@ -136,6 +136,7 @@ class Pipeline:
             results = await asyncio.gather(
                 *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
             )
+            _count(results)
             async with self.sessions.begin() as session:
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
                 if not await repository.is_complete(session, batch.request_id):
@@ -194,7 +195,8 @@ class Pipeline:
         async with self.fetcher.host_slot(url):
             await self._in_flight.acquire()
             try:
-                return await self.fetcher.fetch(url)
+                with metrics.FETCH_SECONDS.time():
+                    return await self.fetcher.fetch(url)
             except BaseException:
                 self._in_flight.release()
                 raise
@@ -278,10 +280,21 @@ def _encode_and_store(
     Writing from the same thread saves a hand-off to another thread and back per image, which
     costs the event loop more than the write itself (bench/README.md).
     """
-    compressed = codec.compress(data, options)
-    key = image_key(request_id, compressed.data, compressed.extension)
-    storage.put(key, compressed.data)
+    with metrics.CODEC_SECONDS.time():
+        compressed = codec.compress(data, options)
+        key = image_key(request_id, compressed.data, compressed.extension)
+        storage.put(key, compressed.data)
     return _Encoded(key, compressed.data, compressed.width, compressed.height)
+
+
+def _count(results: Sequence[ImageResult]) -> None:
+    for result in results:
+        if result.ok:
+            metrics.IMAGES.labels("done", "").inc()
+            metrics.IMAGE_BYTES.labels("in").inc(result.bytes_in or 0)
+            metrics.IMAGE_BYTES.labels("out").inc(result.bytes_out or 0)
+        elif result.error_code != "cancelled":
+            metrics.IMAGES.labels("failed", result.error_code or "").inc()
 
 
 def _cancelled(image: ClaimedImage) -> ImageResult:

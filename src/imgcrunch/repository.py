@@ -289,6 +289,23 @@ async def count_active_requests(session: AsyncSession) -> int:
     return int(result.scalar_one())
 
 
+async def requests_by_status(session: AsyncSession) -> dict[str, int]:
+    result = await session.execute(select(Request.status, func.count()).group_by(Request.status))
+    return {status: count for status, count in result.tuples()}
+
+
+async def unfinished_image_count(session: AsyncSession) -> int:
+    """Images of active requests not yet done or failed: the work queue's depth."""
+    result = await session.execute(
+        select(
+            func.coalesce(
+                func.sum(Request.total_images - Request.done_images - Request.failed_images), 0
+            )
+        ).where(Request.status.in_(ACTIVE_STATUSES))
+    )
+    return int(result.scalar_one())
+
+
 async def list_requests(
     session: AsyncSession,
     *,

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from imgcrunch import repository
+from imgcrunch import metrics, repository
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import (
     USER_AGENT,
@@ -210,6 +210,13 @@ class Outcome:
         return self.error is None
 
 
+_OUTCOMES = {
+    DeliveryStatus.DELIVERED: "delivered",
+    DeliveryStatus.PENDING: "retry",
+    DeliveryStatus.GAVE_UP: "gave_up",
+}
+
+
 class Deliverer:
     """Sends the outbox's due events, signed; records every attempt and schedules the next.
 
@@ -261,6 +268,7 @@ class Deliverer:
         # The schedule counts from the latest redelivery, if any.
         scheduled = attempt - delivery.schedule_start
         status, next_attempt_at = self._policy.after(scheduled, outcome, now)
+        metrics.WEBHOOK_ATTEMPTS.labels(_OUTCOMES[status]).inc()
         if status != DeliveryStatus.DELIVERED:
             gave_up = status == DeliveryStatus.GAVE_UP
             then = "giving up" if gave_up else f"next at {next_attempt_at:%H:%M:%S}"

@@ -1,13 +1,16 @@
-"""GET /healthz (the process answers) and GET /readyz (its database, and broker, answer too)."""
+"""GET /healthz (the process answers), GET /readyz (its database, and broker, answer too) and
+GET /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from imgcrunch import repository
-from imgcrunch.api.deps import ServicesDep
-from imgcrunch.api.schemas import Health
+from imgcrunch import metrics, repository
+from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep
+from imgcrunch.api.schemas import ErrorBody, Health
+from imgcrunch.models import RequestStatus
 
 router = APIRouter(tags=["health"])
 
@@ -35,3 +38,21 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        401: {"model": ErrorBody},
+    },
+)
+async def prometheus(owner: OwnerDep, session: SessionDep) -> Response:
+    """This process's counters (in embedded mode: all the work), and the database's figures.
+    With API keys on, any key may read them (they name no request)."""
+    counts = await repository.requests_by_status(session)
+    for status in RequestStatus:
+        metrics.REQUESTS.labels(status.value).set(counts.get(status, 0))
+    metrics.QUEUED_IMAGES.set(await repository.unfinished_image_count(session))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
