@@ -1,0 +1,218 @@
+"""Operating figures: memory over a long run (soak), and GET /status latency under load.
+
+Run `make bench` (it runs this after throughput.py and scale_out.py) or
+`.venv/bin/python bench/operate.py [--soak-images N] [--load-images N]`. bench/README.md
+explains the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from throughput import (
+    RESULTS,
+    BenchError,
+    Origin,
+    build_csv,
+    load_photos,
+    running_service,
+    status_kib,
+    upload,
+    wait_until_completed,
+    write_json,
+)
+
+SAMPLE_SECONDS = 2.0
+TABLE_ROWS = 10
+IDLE_CALLS = 200
+LOAD_CLIENTS = 8  # concurrent pollers while the CPUs compress
+LOAD_PAUSE = 0.1  # seconds each waits between calls: some 80 calls/s, a busy dashboard's worth
+
+
+@dataclass
+class Soak:
+    images: int
+    seconds: float = 0.0
+    # (seconds since upload, images finished, RSS MiB), every SAMPLE_SECONDS
+    samples: list[tuple[float, int, float]] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+
+
+@dataclass
+class Load:
+    images: int
+    clients: int
+    idle_ms: dict[str, float] = field(default_factory=dict)  # p50, p99 with nothing running
+    busy_ms: dict[str, float] = field(default_factory=dict)  # p50, p99 while compressing
+    calls: int = 0
+    images_per_s: float = 0.0
+
+
+@dataclass
+class Report:
+    soak: Soak | None = None
+    load: Load | None = None
+
+
+def run_soak(origin: Origin, images: int) -> Soak:
+    soak = Soak(images)
+    with running_service() as service, httpx.Client(base_url=service.base_url, timeout=60) as c:
+        sent = upload(c, build_csv(origin, images))
+        done = threading.Event()
+        finished = [0]
+
+        def sample() -> None:
+            while not done.wait(SAMPLE_SECONDS):
+                rss = status_kib(service.pid, "VmRSS") or 0
+                soak.samples.append((time.time() - sent.sent_at, finished[0], rss / 1024))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        while True:
+            status = c.get(f"/status/{sent.request_id}").json()
+            finished[0] = status["progress"]["done"] + status["progress"]["failed"]
+            if status["status"] not in ("queued", "processing"):
+                break
+            time.sleep(0.5)
+        done.set()
+        sampler.join()
+        soak.seconds = time.time() - sent.sent_at
+        soak.peak_rss_mib = (status_kib(service.pid, "VmHWM") or 0) / 1024
+        if status["status"] != "completed":
+            raise BenchError(f"soak request ended {status['status']}: {status['progress']}")
+    return soak
+
+
+def soak_lines(soak: Soak) -> list[str]:
+    lines = [
+        f"soak {soak.images} images: {soak.seconds:.0f} s, "
+        f"{soak.images / soak.seconds:.1f} images/s, peak RSS {soak.peak_rss_mib:.0f} MiB",
+        "       s   images   RSS MiB",
+    ]
+    step = max(1, len(soak.samples) // TABLE_ROWS)
+    for at, finished, rss in soak.samples[::step]:
+        lines.append(f"  {at:6.0f}  {finished:7d}  {rss:8.0f}")
+    if len(soak.samples) >= 4:
+        quarter = len(soak.samples) // 4
+        first = statistics.mean(rss for *_, rss in soak.samples[:quarter])
+        last = statistics.mean(rss for *_, rss in soak.samples[-quarter:])
+        lines.append(
+            f"  RSS, mean of the last quarter against the first: {last:.0f} against "
+            f"{first:.0f} MiB ({last / first - 1:+.1%})"
+        )
+    return lines
+
+
+def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "p50": ordered[len(ordered) // 2] * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+async def _poll(client: httpx.AsyncClient, path: str, until: asyncio.Event) -> list[float]:
+    latencies = []
+    while not until.is_set():
+        started = time.perf_counter()
+        response = await client.get(path)
+        latencies.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise BenchError(f"GET {path} answered {response.status_code}")
+        await asyncio.sleep(LOAD_PAUSE)
+    return latencies
+
+
+async def _load(base_url: str, origin: Origin, images: int, clients: int) -> Load:
+    load = Load(images, clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        warm = upload_sync(base_url, build_csv(origin, 3, first_url=20_000_000), wait=True)
+        idle = []
+        for _ in range(IDLE_CALLS):
+            started = time.perf_counter()
+            await client.get(f"/status/{warm}")
+            idle.append(time.perf_counter() - started)
+        load.idle_ms = _percentiles(idle)
+
+        started = time.time()
+        request_id = upload_sync(base_url, build_csv(origin, images), wait=False)
+        until = asyncio.Event()
+        pollers = [
+            asyncio.create_task(_poll(client, f"/status/{request_id}", until))
+            for _ in range(clients)
+        ]
+        while True:
+            status = (await client.get(f"/status/{request_id}")).json()
+            if status["status"] not in ("queued", "processing"):
+                break
+            await asyncio.sleep(0.5)
+        until.set()
+        busy = [latency for latencies in await asyncio.gather(*pollers) for latency in latencies]
+        load.busy_ms = _percentiles(busy)
+        load.calls = len(busy)
+        load.images_per_s = images / (time.time() - started)
+    return load
+
+
+def upload_sync(base_url: str, body: bytes, *, wait: bool) -> str:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        request_id = upload(client, body).request_id
+        if wait:
+            wait_until_completed(client, request_id)
+    return request_id
+
+
+def run_load(origin: Origin, images: int) -> Load:
+    with running_service() as service:
+        return asyncio.run(_load(service.base_url, origin, images, LOAD_CLIENTS))
+
+
+def load_lines(load: Load) -> list[str]:
+    return [
+        f"GET /status under load: {load.clients} clients polling every {LOAD_PAUSE:g} s while "
+        f"{load.images} images were compressed ({load.images_per_s:.1f} images/s, "
+        f"{load.calls} calls)",
+        f"  idle  p50 {load.idle_ms['p50']:6.1f} ms   p99 {load.idle_ms['p99']:6.1f} ms",
+        f"  busy  p50 {load.busy_ms['p50']:6.1f} ms   p99 {load.busy_ms['p99']:6.1f} ms",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--soak-images", type=int, default=20_000, help="0 skips the soak")
+    parser.add_argument("--load-images", type=int, default=3_000, help="0 skips the load test")
+    parser.add_argument("--json", type=Path, default=RESULTS / "operate-latest.json")
+    args = parser.parse_args(argv)
+    report = Report()
+    try:
+        origin = Origin(load_photos())
+        try:
+            if args.load_images:
+                report.load = run_load(origin, args.load_images)
+                for line in load_lines(report.load):
+                    print(line, flush=True)
+            if args.soak_images:
+                report.soak = run_soak(origin, args.soak_images)
+                for line in soak_lines(report.soak):
+                    print(line, flush=True)
+        finally:
+            origin.stop()
+    except BenchError as error:
+        print(f"bench failed: {error}", file=sys.stderr)
+        return 2
+    write_json(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
