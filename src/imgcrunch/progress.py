@@ -120,9 +120,9 @@ def summary(
 
 
 def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:,.1f} {unit}" if unit != "B" else f"{count:,} B"
-        size /= 1000
-    raise AssertionError("unreachable")
+    if count < 1000:
+        return f"{count:,} B"
+    for unit, scale in (("KB", 1e3), ("MB", 1e6)):
+        if count < scale * 1000:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count / 1e9:,.1f} GB"

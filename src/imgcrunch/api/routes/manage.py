@@ -119,14 +119,14 @@ async def cancel(
     """Stop a queued or processing request: no image of it is started afterwards, and none
     still in flight is recorded. What was done stays (its files, its counts); it has no output
     CSV. The status becomes `cancelled`."""
-    await load_request(session, request_id, owner)
+    request = await load_request(session, request_id, owner)
     cancelled = await repository.cancel_request(session, request_id, now=utcnow())
     await session.commit()
+    await session.refresh(request)  # as the conditional update left it, or found it
     if not cancelled:
-        request = await load_request(session, request_id, owner)
         raise ApiError(409, "not_active", f"request {request_id} is {request.status} already")
     services.dispatcher.cancel(request_id)
-    return _summary(await load_request(session, request_id, owner), settings)
+    return _summary(request, settings)
 
 
 @router.post(
@@ -145,11 +145,11 @@ async def retry(
     """Try a `completed_with_errors` request's failed images again (say, once their origin is
     back). The request is `processing` until they are done; then a new output CSV, and a new
     webhook event if it has a webhook."""
-    await load_request(session, request_id, owner)
+    request = await load_request(session, request_id, owner)
     retried = await repository.retry_failed_images(session, request_id, now=utcnow())
     await session.commit()
+    await session.refresh(request)
     if not retried:
-        request = await load_request(session, request_id, owner)
         raise ApiError(
             409,
             "nothing_to_retry",
@@ -157,7 +157,7 @@ async def retry(
             "has failed images to retry",
         )
     services.dispatcher.submit(request_id)
-    return _summary(await load_request(session, request_id, owner), settings)
+    return _summary(request, settings)
 
 
 @router.delete(
