@@ -227,7 +227,7 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
     assert "re-running a stale claim" in survivor.log()
     # One pool process (--concurrency 1) compresses on every core the settings give it.
     assert f"with {len(os.sched_getaffinity(0))} codec threads" in survivor.log()
-    assert "imgcrunch.process_batch" in doomed.log()  # both workers took part
+    assert "imgcrunch.process_next" in doomed.log()  # both workers took part
 
     rows = scale_out.image_rows(request_id)
     assert [url for url, *_ in rows] == urls  # every image once, none added
@@ -275,6 +275,34 @@ def test_a_killed_pool_process_has_its_batch_redelivered(
     assert status["progress"]["done"] == 48, status
     assert "WorkerLostError" in worker.log()
     assert [url for url, *_ in scale_out.image_rows(request_id)] == urls
+
+
+@pytest.mark.parametrize("extra_settings", [{"batch_size": "2"}], indirect=True)
+def test_a_small_request_is_not_queued_behind_a_huge_one(
+    scale_out: ScaleOut, image_server: ImageServer
+) -> None:
+    scale_out.workers[1].stop()  # one worker process: the order it is given work decides
+
+    def done(request_id: str) -> int:
+        status = httpx.get(f"{scale_out.api.base_url}/status/{request_id}").json()
+        count: int = status["progress"]["done"]
+        return count
+
+    image_server.delay = 0.03
+    try:
+        huge = scale_out.api.upload(products_csv(image_server.photo_urls(90, tag="huge-")))
+        huge_id = huge.json()["request_id"]
+        wait_for("the huge request to start", lambda: done(huge_id) > 0)
+        small = scale_out.api.upload(products_csv(image_server.photo_urls(3, tag="small-")))
+        small_status = scale_out.api.wait_until_finished(small.json()["request_id"])
+        huge_done_then = done(huge_id)
+        huge_status = scale_out.api.wait_until_finished(huge_id, timeout=120)
+    finally:
+        image_server.delay = 0.0
+    assert small_status["status"] == "completed"
+    # Its two batches came next, not after the huge request's 45.
+    assert huge_done_then < 45, huge_done_then
+    assert huge_status["progress"]["done"] == 90
 
 
 def test_readyz_reports_the_database_and_the_broker(

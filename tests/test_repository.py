@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -13,7 +14,7 @@ from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, Request, RequestStatus, WebhookDelivery, utcnow
-from imgcrunch.repository import Batch, ImageResult, NewEvent, NewRequest
+from imgcrunch.repository import Batch, Claim, ImageResult, NewEvent, NewRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -125,6 +126,41 @@ async def test_a_live_claim_is_not_taken_twice_but_a_stale_one_is(
     assert request is not None
     assert request.status == RequestStatus.PROCESSING
     assert attempts == [2, 2]
+
+
+async def claim_next(sessions: SessionFactory, worker: str, size: int) -> Claim | None:
+    now = utcnow()
+    async with sessions.begin() as session:
+        return await repository.claim_next_batch(
+            session, size=size, worker=worker, now=now, stale_before=now - timedelta(seconds=60)
+        )
+
+
+async def test_the_next_batch_is_the_request_that_waited_longest(
+    sessions: SessionFactory,
+) -> None:
+    big = await create(sessions, *(row(n, f"http://big/{n}") for n in range(2, 12)))  # 10
+    small = await create(sessions, row(2, "http://small/1", "http://small/1", "http://small/2"))
+    taken = []
+    while (claim := await claim_next(sessions, "w", 3)) is not None:
+        taken.append((claim.batch.request_id, len(claim.images)))
+    # Never claimed: the older first; then turn about, so the small one is done in one batch.
+    # The repeated URL is one image to claim.
+    assert taken == [(big, 3), (small, 2), (big, 3), (big, 3), (big, 1)]
+    async with sessions() as session:
+        request = await repository.get_request(session, small)
+        assert request is not None and request.status == RequestStatus.PROCESSING
+        assert await repository.unclaimed_image_count(session, big) == 0
+
+
+async def test_workers_claiming_at_once_take_different_images(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, *(row(n, f"http://a/{n}") for n in range(2, 42)))  # 40
+    async with sessions() as session:
+        assert await repository.unclaimed_image_count(session, request_id) == 40
+    claims = await asyncio.gather(*(claim_next(sessions, f"w{n}", 4) for n in range(12)))
+    ids = [image.id for claim in claims if claim for image in claim.images]
+    assert len(ids) == len(set(ids)) == 40  # ten batches of four, each image once
+    assert sum(claim is None for claim in claims) == 2
 
 
 async def test_recording_a_result_twice_counts_it_once(sessions: SessionFactory) -> None:

@@ -1,8 +1,10 @@
 """Scale-out mode: the Celery app, its thin tasks, and the messages that set them going.
 
-A message only says "look at images X..Y of request R"; every fact is in the database. Tasks are
-idempotent (a redelivered batch claims nothing already done) and the broker is configured so a
-message is acknowledged only once its work is recorded.
+Messages carry no facts; every fact is in the database. A batch message says only "process a
+batch": the worker that takes it claims the next batch of the request that has waited longest
+(fair share; see `repository.claim_next_batch`), and an ingest sends one message per batch the
+request makes. Tasks are idempotent (a redelivered message claims nothing already claimed) and
+the broker is configured so a message is acknowledged only once its work is recorded.
 
 Each worker process runs the pipeline on an asyncio loop in a thread of its own, built after the
 fork, so the Celery pool (prefork by default, solo, threads) is free to be any of them.
@@ -37,7 +39,8 @@ BATCHES_QUEUE = "imgcrunch"
 CONTROL_QUEUE = "imgcrunch-control"
 
 INGEST = "imgcrunch.ingest"
-PROCESS_BATCH = "imgcrunch.process_batch"
+PROCESS_NEXT = "imgcrunch.process_next"
+PROCESS_BATCH = "imgcrunch.process_batch"  # sent by versions before fair share; still run
 SWEEP = "imgcrunch.sweep"
 DELIVER = "imgcrunch.deliver_webhooks"
 
@@ -190,37 +193,60 @@ def _retry_unless_exhausted(task: Task, exc: BaseException) -> None:
 
 @app.task(name=INGEST, bind=True)
 def ingest(task: Task, request_id: str) -> int:
-    """Store a request's rows from its kept CSV, then send its batches; returns how many."""
+    """Store a request's rows from its kept CSV, then send a message per batch they make."""
     worker = worker_runtime()
     try:
         batches = worker.run(_ingest(worker, uuid.UUID(request_id)))
     except TRANSIENT as exc:
         _retry_unless_exhausted(task, exc)
         raise
-    for batch in batches:
-        send_batch(app, batch)
-    return len(batches)
+    for _ in range(batches):
+        send_next(app)
+    return batches
 
 
-async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> list[Batch]:
+async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> int:
     pipeline = worker.runtime.pipeline
     if not await pipeline.ingest(request_id):
         await _deliver(worker)  # a request whose CSV could not be read has failed: say so
-        return []
-    batches = [
-        batch
-        async for batch in pipeline.pending_batches(
-            request_id, batch_size=worker.settings.batch_size
-        )
-    ]
+        return 0
+    batches = await pipeline.unclaimed_batches(request_id, batch_size=worker.settings.batch_size)
     if not batches and await pipeline.finalize_if_complete(request_id):
         await _deliver(worker)  # every image was done before a restart: only this was left
     return batches
 
 
+@app.task(name=PROCESS_NEXT, bind=True)
+def process_next(task: Task) -> bool:
+    """Process the next batch of the request that has waited longest; True if it finished that
+    request (and its webhook was sent). A message that finds nothing left does nothing."""
+    worker = worker_runtime()
+    try:
+        return worker.run(_process_next(worker))
+    except TRANSIENT as exc:
+        _retry_unless_exhausted(task, exc)
+        raise
+
+
+async def _process_next(worker: WorkerRuntime) -> bool:
+    pipeline = worker.runtime.pipeline
+    claim = await pipeline.claim_next(batch_size=worker.settings.batch_size)
+    if claim is None:
+        return False
+    try:
+        finished = await pipeline.process_claimed(claim)
+    except TRANSIENT:
+        with contextlib.suppress(Exception):  # else its claims wait for the sweep
+            await pipeline.release(claim.batch)
+        raise
+    if finished:
+        await _deliver(worker)
+    return finished
+
+
 @app.task(name=PROCESS_BATCH, bind=True)
 def process_batch(task: Task, request_id: str, first_id: int, last_id: int, quality: int) -> bool:
-    """Process one batch; True if it finished the request (and its webhook was sent)."""
+    """Process one given batch: messages queued by an earlier version, before an upgrade."""
     worker = worker_runtime()
     batch = Batch(uuid.UUID(request_id), first_id, last_id, quality)
     try:
@@ -260,8 +286,8 @@ def sweep() -> None:
     """Send again the work dead workers left behind; finalise and deliver what only waits."""
     worker = worker_runtime()
     found = worker.run(worker.runtime.pipeline.sweep(batch_size=worker.settings.batch_size))
-    for batch in found.batches:
-        send_batch(app, batch)
+    for _ in found.batches:  # released: any worker's next claim may take them
+        send_next(app)
     for request_id in found.uningested:
         send_ingest(app, request_id)
     worker.run(_deliver(worker))
@@ -272,12 +298,8 @@ def sweep() -> None:
 # --- sending work ---------------------------------------------------------------------------
 
 
-def send_batch(sender: Celery, batch: Batch) -> None:
-    sender.send_task(
-        PROCESS_BATCH,
-        args=[str(batch.request_id), batch.first_id, batch.last_id, batch.quality],
-        queue=BATCHES_QUEUE,
-    )
+def send_next(sender: Celery) -> None:
+    sender.send_task(PROCESS_NEXT, queue=BATCHES_QUEUE)
 
 
 def send_ingest(sender: Celery, request_id: uuid.UUID) -> None:

@@ -97,6 +97,8 @@ class Request(Base):
     ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # products and images stored
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a worker last claimed a batch of it: scale-out workers serve the longest-waiting first.
+    last_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def progress(self) -> dict[str, int | float]:
         finished = self.done_images + self.failed_images
@@ -124,7 +126,8 @@ class Product(Base):
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_request_status", "request_id", "status"),
+        # With the id last, a request's next pending images are read in order, not sorted.
+        Index("ix_images_request_status_id", "request_id", "status", "id"),
         Index("ix_images_product", "product_id", "position"),
         Index("ix_images_duplicate_of", "duplicate_of"),
     )

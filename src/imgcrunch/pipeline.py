@@ -15,7 +15,7 @@ from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
-from imgcrunch.repository import Batch, ClaimedImage, ImageResult
+from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, image_key, output_csv_key
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,31 @@ class Pipeline:
 
     async def process_batch(self, batch: Batch) -> bool:
         """Claim, process and record the batch's images; True if this call finished the request."""
+        return await self.process_claimed(Claim(batch, await self._claim(batch)))
+
+    async def claim_next(self, *, batch_size: int) -> Claim | None:
+        """Claim a batch of the request that has waited longest for one (scale-out's fair
+        share); None when no request has an image left to claim."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            return await repository.claim_next_batch(
+                session,
+                size=batch_size,
+                worker=self.worker_id,
+                now=now,
+                stale_before=now - timedelta(seconds=self.options.claim_timeout),
+            )
+
+    async def unclaimed_batches(self, request_id: uuid.UUID, *, batch_size: int) -> int:
+        """How many batches the request's images not yet claimed make."""
+        async with self.sessions() as session:
+            count = await repository.unclaimed_image_count(session, request_id)
+        return -(-count // batch_size)
+
+    async def process_claimed(self, claim: Claim) -> bool:
+        """Process and record claimed images; True if this call finished their request."""
+        batch, claimed = claim.batch, claim.images
         logs.request_id.set(batch.request_id)  # this task's, and its images' tasks'
-        claimed = await self._claim(batch)
         if claimed:
             codec_options = codec.CodecOptions(
                 quality=batch.quality,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -481,6 +482,80 @@ async def next_batch(
 class ClaimedImage:
     id: int
     source_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    batch: Batch
+    images: list[ClaimedImage]
+
+
+# Pending images no claim holds. (A dead worker's claims come back through the sweep, which
+# releases them.) A duplicate is recorded with the image it duplicates.
+_UNCLAIMED = (
+    (Image.status == ImageStatus.PENDING)
+    & Image.duplicate_of.is_(None)
+    & Image.claimed_at.is_(None)
+)
+
+
+async def unclaimed_image_count(session: AsyncSession, request_id: uuid.UUID) -> int:
+    result = await session.execute(
+        select(func.count()).select_from(Image).where(Image.request_id == request_id, _UNCLAIMED)
+    )
+    return int(result.scalar_one())
+
+
+async def claim_next_batch(
+    session: AsyncSession, *, size: int, worker: str, now: datetime, stale_before: datetime
+) -> Claim | None:
+    """Claim up to `size` images of the active request that has waited longest for a claim.
+
+    This is scale-out's fair share: whichever worker is free asks for its next batch here, so a
+    request submitted after a huge one is served at once, not after all of it. The request's
+    row is locked until the transaction ends (PostgreSQL), so workers asking at the same moment
+    for the same request take its batches one after the other, never the same images.
+    """
+    for _ in range(8):  # the images found can be claimed by another in between: look again
+        chosen = (
+            await session.execute(
+                select(Request.id, Request.quality)
+                .where(
+                    Request.status.in_(ACTIVE_STATUSES),
+                    Request.ingested_at.is_not(None),
+                    exists().where(Image.request_id == Request.id, _UNCLAIMED),
+                )
+                .order_by(Request.last_claimed_at.asc().nulls_first(), Request.created_at)
+                .limit(1)
+                .with_for_update(of=Request)
+            )
+        ).first()
+        if chosen is None:
+            return None
+        ids = (
+            (
+                await session.execute(
+                    select(Image.id)
+                    .where(Image.request_id == chosen.id, _UNCLAIMED)
+                    .order_by(Image.id)
+                    .limit(size)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not ids:
+            continue
+        batch = Batch(chosen.id, ids[0], ids[-1], chosen.quality)
+        images = await claim_images(
+            session, batch, worker=worker, now=now, stale_before=stale_before
+        )
+        await session.execute(
+            update(Request).where(Request.id == chosen.id).values(last_claimed_at=now)
+        )
+        if images:
+            return Claim(batch, images)
+    return None
 
 
 async def claim_images(
