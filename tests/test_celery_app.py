@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
@@ -303,6 +304,68 @@ def test_a_small_request_is_not_queued_behind_a_huge_one(
     # Its two batches came next, not after the huge request's 45.
     assert huge_done_then < 45, huge_done_then
     assert huge_status["progress"]["done"] == 90
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(url).text)
+        for sample in family.samples
+    }
+
+
+def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(
+    scale_out: ScaleOut,
+    image_server: ImageServer,
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    for worker in scale_out.workers:
+        worker.stop()
+    ports = [free_port(), free_port()]
+    workers = [
+        Worker(
+            f"metrics-{port}",
+            scale_out.api.env | {"IMGCRUNCH_WORKER_METRICS_PORT": str(port)},
+            tmp_path / f"metrics-{port}.log",
+            options=["--concurrency", "2", "--without-mingle", "--without-gossip"],
+        )
+        for port in ports
+    ]
+    urls = [*image_server.photo_urls(29, tag="metrics-"), image_server.url("/missing.jpg")]
+    try:
+        for worker in workers:
+            worker.spawn()
+        for worker in workers:
+            worker.wait_ready()
+        response = scale_out.api.upload(products_csv(urls), webhook_url=webhook_receiver.url)
+        status = scale_out.api.wait_until_finished(response.json()["request_id"])
+        webhook_receiver.wait_for(1)
+        scraped = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
+        api = scrape(f"{scale_out.api.base_url}/metrics")
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    def total(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return sum(figures.get(key, 0.0) for figures in scraped)
+
+    assert status["status"] == "completed_with_errors"
+    # Both workers took part, each in pool processes of its own, and nothing was lost.
+    assert all(figures.get(("imgcrunch_fetch_seconds_count", ()), 0) for figures in scraped)
+    assert total("imgcrunch_images_total", outcome="done", code="") == 29
+    assert total("imgcrunch_images_total", outcome="failed", code="http_error") == 1
+    assert total("imgcrunch_image_bytes_total", direction="in") == status["bytes_in"]
+    assert total("imgcrunch_image_bytes_total", direction="out") == status["bytes_out"]
+    assert total("imgcrunch_fetch_seconds_count") == 30
+    assert total("imgcrunch_codec_seconds_count") == 29
+    assert total("imgcrunch_webhook_attempts_total", outcome="delivered") == 1
+    # The API processed nothing itself; it serves what the database says.
+    assert api.get(("imgcrunch_images_total", (("code", ""), ("outcome", "done"))), 0) == 0
+    assert api[("imgcrunch_requests", (("status", "completed_with_errors"),))] == 1
+    assert api[("imgcrunch_queued_images", ())] == 0
+    assert ("imgcrunch_requests", (("status", "completed_with_errors"),)) not in scraped[0]
 
 
 def test_readyz_reports_the_database_and_the_broker(

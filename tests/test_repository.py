@@ -149,7 +149,8 @@ async def test_the_next_batch_is_the_request_that_waited_longest(
     assert taken == [(big, 3), (small, 2), (big, 3), (big, 3), (big, 1)]
     async with sessions() as session:
         request = await repository.get_request(session, small)
-        assert request is not None and request.status == RequestStatus.PROCESSING
+        assert request is not None
+        assert request.status == RequestStatus.PROCESSING
         assert await repository.unclaimed_image_count(session, big) == 0
 
 

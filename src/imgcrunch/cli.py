@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if passed_through and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(passed_through)}")
 
+    if args.command == "worker":
+        _count_across_processes()  # first: the settings' checks import prometheus_client
     overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None))}
     settings = Settings(**overrides)
     logs.configure(settings.log_format)
@@ -136,10 +141,34 @@ def _worker(settings: Settings, celery_options: Sequence[str]) -> int:
     from imgcrunch.celery_app import BATCHES_QUEUE, CONTROL_QUEUE
 
     app = celery_app.configure(settings)
+    if settings.worker_metrics_port is not None:
+        from imgcrunch import metrics
+
+        metrics.serve_worker_metrics(host=settings.host, port=settings.worker_metrics_port)
     # Ours first: an option given again on the command line wins.
     queues = f"{BATCHES_QUEUE},{CONTROL_QUEUE}"
     app.worker_main(["worker", "--loglevel=INFO", f"--queues={queues}", *celery_options])
     return 0
+
+
+def _count_across_processes() -> None:
+    """Have prometheus-client count in files that a worker's pool processes share (its
+    multiprocess mode), whether or not the worker serves them: the mode is picked when
+    prometheus_client is first imported, before the settings are known."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        for stale in Path(folder).glob("*.db"):  # an earlier worker's: counters start at zero
+            stale.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="imgcrunch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        owner = os.getpid()  # not a pool process that happens to run exit handlers
+
+        @atexit.register
+        def _remove() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(settings: Settings) -> int:

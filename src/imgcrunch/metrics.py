@@ -1,10 +1,26 @@
 """Prometheus metrics: what this process did (counters, histograms), and what the database
 holds (gauges, read when scraped). `GET /metrics` serves them (api/routes/health.py).
+
+A scale-out worker counts in its pool processes. `imgcrunch worker` with a metrics port runs
+prometheus-client's multiprocess mode (each process writes its figures to files in a folder,
+`serve_worker_metrics` adds them up when scraped); the mode is chosen when prometheus_client is
+first imported, so cli.py names the folder before anything imports this module.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -29,7 +45,38 @@ WEBHOOK_ATTEMPTS = Counter(
     "Webhook delivery attempts by this process, by outcome (delivered, retry, gave_up)",
     ["outcome"],
 )
-REQUESTS = Gauge("imgcrunch_requests", "Requests in the database, by status", ["status"])
-QUEUED_IMAGES = Gauge(
-    "imgcrunch_queued_images", "Images of queued or processing requests not yet finished"
-)
+
+
+def database_figures(requests_by_status: Mapping[str, int], queued_images: int) -> bytes:
+    """The database's gauges, as exposition text to serve after this process's own figures.
+
+    Made per scrape, not kept in the process: a worker has no business reporting them.
+    """
+    requests = GaugeMetricFamily(
+        "imgcrunch_requests", "Requests in the database, by status", labels=["status"]
+    )
+    for status, count in requests_by_status.items():
+        requests.add_metric([status], count)
+    queued = GaugeMetricFamily(
+        "imgcrunch_queued_images",
+        "Images of queued or processing requests not yet finished",
+        value=queued_images,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families([requests, queued]))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def serve_worker_metrics(*, host: str, port: int) -> None:
+    """Serve, from a thread of this process, the sum of every pool process's figures."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)

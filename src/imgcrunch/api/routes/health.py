@@ -52,7 +52,7 @@ async def prometheus(owner: OwnerDep, session: SessionDep) -> Response:
     """This process's counters (in embedded mode: all the work), and the database's figures.
     With API keys on, any key may read them (they name no request)."""
     counts = await repository.requests_by_status(session)
-    for status in RequestStatus:
-        metrics.REQUESTS.labels(status.value).set(counts.get(status, 0))
-    metrics.QUEUED_IMAGES.set(await repository.unfinished_image_count(session))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    by_status = {status.value: counts.get(status, 0) for status in RequestStatus}
+    queued = await repository.unfinished_image_count(session)
+    body = generate_latest() + metrics.database_figures(by_status, queued)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
