@@ -1,4 +1,5 @@
-"""Operating figures: memory over a long run (soak), and GET /status latency under load.
+"""Operating figures: memory over a long run (soak), and API latency under load: GET /status
+and POST /upload while the CPUs compress, and how soon the small requests uploaded then finish.
 
 Run `make bench` (it runs this after throughput.py and scale_out.py) or
 `.venv/bin/python bench/operate.py [--soak-images N] [--load-images N]`. bench/README.md
@@ -37,6 +38,9 @@ TABLE_ROWS = 10
 IDLE_CALLS = 200
 LOAD_CLIENTS = 8  # concurrent pollers while the CPUs compress
 LOAD_PAUSE = 0.1  # seconds each waits between calls: some 80 calls/s, a busy dashboard's worth
+UPLOAD_CLIENTS = 2  # concurrent uploaders meanwhile
+UPLOAD_PAUSE = 1.0  # seconds each waits between uploads
+UPLOAD_ROWS = 200  # a catalog page: 600 URLs, of one photo each upload (it is fetched once)
 
 
 @dataclass
@@ -56,6 +60,11 @@ class Load:
     busy_ms: dict[str, float] = field(default_factory=dict)  # p50, p99 while compressing
     calls: int = 0
     images_per_s: float = 0.0
+    upload_idle_ms: dict[str, float] = field(default_factory=dict)  # POST /upload, p50, p99
+    upload_busy_ms: dict[str, float] = field(default_factory=dict)
+    uploads: int = 0
+    # Upload to completed, for the small requests uploaded while the big one ran: p50, max (s)
+    small_done_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +142,45 @@ async def _poll(client: httpx.AsyncClient, path: str, until: asyncio.Event) -> l
     return latencies
 
 
+def _small_csv(origin: Origin, n: int) -> bytes:
+    url = origin.url(30_000_000 + n)
+    rows = "".join(f'{row},Product {row},"{url},{url},{url}"\r\n' for row in range(UPLOAD_ROWS))
+    return ("S. No,Product Name,Input Image Urls\r\n" + rows).encode()
+
+
+async def _upload(client: httpx.AsyncClient, body: bytes) -> tuple[str, float, float]:
+    """The request id, how long POST /upload took, and when it was sent (monotonic)."""
+    sent = time.perf_counter()
+    response = await client.post("/upload", files={"file": ("small.csv", body, "text/csv")})
+    if response.status_code != 202:
+        raise BenchError(f"POST /upload answered {response.status_code}: {response.text[:300]}")
+    return str(response.json()["request_id"]), time.perf_counter() - sent, sent
+
+
+async def _finished_after(client: httpx.AsyncClient, request_id: str, sent: float) -> float:
+    while True:
+        status = (await client.get(f"/status/{request_id}")).json()
+        if status["status"] == "completed":
+            return time.perf_counter() - sent
+        if status["status"] not in ("queued", "processing"):
+            raise BenchError(f"small request {request_id} ended {status['status']}")
+        await asyncio.sleep(0.1)
+
+
+async def _upload_small(
+    client: httpx.AsyncClient, origin: Origin, first: int, until: asyncio.Event
+) -> list[tuple[float, float]]:
+    """(upload latency, seconds to completed) of each small request uploaded until `until`."""
+    timings = []
+    n = first
+    while not until.is_set():
+        request_id, latency, sent = await _upload(client, _small_csv(origin, n))
+        timings.append((latency, await _finished_after(client, request_id, sent)))
+        n += UPLOAD_CLIENTS
+        await asyncio.sleep(UPLOAD_PAUSE)
+    return timings
+
+
 async def _load(base_url: str, origin: Origin, images: int, clients: int) -> Load:
     load = Load(images, clients)
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
@@ -143,6 +191,12 @@ async def _load(base_url: str, origin: Origin, images: int, clients: int) -> Loa
             await client.get(f"/status/{warm}")
             idle.append(time.perf_counter() - started)
         load.idle_ms = _percentiles(idle)
+        idle_uploads = []
+        for n in range(10):
+            request_id, latency, sent = await _upload(client, _small_csv(origin, 100_000 + n))
+            await _finished_after(client, request_id, sent)
+            idle_uploads.append(latency)
+        load.upload_idle_ms = _percentiles(idle_uploads)
 
         started = time.time()
         request_id = upload_sync(base_url, build_csv(origin, images), wait=False)
@@ -151,16 +205,25 @@ async def _load(base_url: str, origin: Origin, images: int, clients: int) -> Loa
             asyncio.create_task(_poll(client, f"/status/{request_id}", until))
             for _ in range(clients)
         ]
+        uploaders = [
+            asyncio.create_task(_upload_small(client, origin, n, until))
+            for n in range(UPLOAD_CLIENTS)
+        ]
         while True:
             status = (await client.get(f"/status/{request_id}")).json()
             if status["status"] not in ("queued", "processing"):
                 break
             await asyncio.sleep(0.5)
+        load.images_per_s = images / (time.time() - started)
         until.set()
         busy = [latency for latencies in await asyncio.gather(*pollers) for latency in latencies]
         load.busy_ms = _percentiles(busy)
         load.calls = len(busy)
-        load.images_per_s = images / (time.time() - started)
+        smalls = [timing for timings in await asyncio.gather(*uploaders) for timing in timings]
+        load.uploads = len(smalls)
+        load.upload_busy_ms = _percentiles([latency for latency, _ in smalls])
+        done = sorted(seconds for _, seconds in smalls)
+        load.small_done_s = {"p50": done[len(done) // 2], "max": done[-1]}
     return load
 
 
@@ -179,11 +242,20 @@ def run_load(origin: Origin, images: int) -> Load:
 
 def load_lines(load: Load) -> list[str]:
     return [
-        f"GET /status under load: {load.clients} clients polling every {LOAD_PAUSE:g} s while "
-        f"{load.images} images were compressed ({load.images_per_s:.1f} images/s, "
-        f"{load.calls} calls)",
+        f"API under load, while {load.images} images were compressed "
+        f"({load.images_per_s:.1f} images/s):",
+        f"GET /status, {load.clients} clients polling every {LOAD_PAUSE:g} s ({load.calls} calls)",
         f"  idle  p50 {load.idle_ms['p50']:6.1f} ms   p99 {load.idle_ms['p99']:6.1f} ms",
         f"  busy  p50 {load.busy_ms['p50']:6.1f} ms   p99 {load.busy_ms['p99']:6.1f} ms",
+        f"POST /upload of {UPLOAD_ROWS} rows ({UPLOAD_ROWS * 3} URLs of one photo), "
+        f"{UPLOAD_CLIENTS} clients, each waiting for its request then {UPLOAD_PAUSE:g} s "
+        f"({load.uploads} uploads)",
+        f"  idle  p50 {load.upload_idle_ms['p50']:6.1f} ms   "
+        f"p99 {load.upload_idle_ms['p99']:6.1f} ms",
+        f"  busy  p50 {load.upload_busy_ms['p50']:6.1f} ms   "
+        f"p99 {load.upload_busy_ms['p99']:6.1f} ms",
+        f"  those small requests completed {load.small_done_s['p50']:.2f} s after upload "
+        f"(median; slowest {load.small_done_s['max']:.2f} s), the big one still running",
     ]
 
 
