@@ -320,6 +320,47 @@ def test_past_the_queue_cap_uploads_answer_429_with_retry_after(
     upload_ok(service, one_more)  # room again
 
 
+def test_one_key_past_its_own_cap_is_refused_while_another_key_is_not(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    key_a, key_b = "shop-a-" + "k" * 24, "shop-b-" + "q" * 24
+    service = make_service(
+        API_KEYS=f"shop-a:{key_a},shop-b:{key_b}",
+        MAX_QUEUED_REQUESTS_PER_KEY="1",
+        FETCH_CONCURRENCY="1",
+        BATCH_SIZE="1",
+    )
+    as_a = {"Authorization": f"Bearer {key_a}"}
+    as_b = {"Authorization": f"Bearer {key_b}"}
+
+    def upload(headers: dict[str, str], count: int) -> httpx.Response:
+        urls = ",".join(image_server.photo_urls(count, tag="per-key-"))
+        body = f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n'
+        with service.client() as client:
+            files = {"file": ("p.csv", body, "text/csv")}
+            return client.post("/upload", files=files, headers=headers)
+
+    image_server.delay = 0.2
+    try:
+        first = upload(as_a, 5)
+        refused = upload(as_a, 1)
+        other_key = upload(as_b, 1)
+    finally:
+        image_server.delay = 0.0
+    assert first.status_code == 202
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    assert "IMGCRUNCH_MAX_QUEUED_REQUESTS_PER_KEY" in refused.json()["error"]["message"]
+    assert other_key.status_code == 202, other_key.text
+    with service.client() as client:
+        deadline = time.monotonic() + 60
+        status = f"/status/{first.json()['request_id']}"
+        while client.get(status, headers=as_a).json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert upload(as_a, 1).status_code == 202  # room again for this key
+
+
 def test_urls_per_row_and_url_length_are_limited(make_service: ServiceFactory) -> None:
     service = make_service(MAX_URLS_PER_ROW="2", MAX_URL_LENGTH="40")
     long_url = "https://example.com/" + "a" * 30 + ".jpg"

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_url_length: int = Field(default=2048, ge=12)  # characters, image and webhook URLs
     # Requests queued or processing at once; past it, uploads answer 429 with Retry-After.
     max_queued_requests: int = Field(default=100, ge=1)
+    # The same, for the requests of one API key's owner, so that one client cannot fill it all.
+    max_queued_requests_per_key: int | None = Field(default=None, ge=1)
 
     webhook_timeout: float = Field(default=10.0, gt=0)
     # `whsec_<base64>`, comma-separated; each signs every delivery (rotation). None: one is made

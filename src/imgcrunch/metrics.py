@@ -1,10 +1,11 @@
 """Prometheus metrics: what this process did (counters, histograms), and what the database
 holds (gauges, read when scraped). `GET /metrics` serves them (api/routes/health.py).
 
-A scale-out worker counts in its pool processes. `imgcrunch worker` with a metrics port runs
-prometheus-client's multiprocess mode (each process writes its figures to files in a folder,
-`serve_worker_metrics` adds them up when scraped); the mode is chosen when prometheus_client is
-first imported, so cli.py names the folder before anything imports this module.
+A scale-out worker counts in its pool processes: `imgcrunch worker` runs prometheus-client's
+multiprocess mode, where each process writes its figures to files in a folder, and with a
+metrics port `serve_worker_metrics` adds them up when scraped. The mode is chosen when
+prometheus_client is first imported, so cli.py names the folder before anything imports this
+module.
 """
 
 from __future__ import annotations

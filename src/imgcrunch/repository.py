@@ -283,11 +283,13 @@ async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
     return list(result.scalars())
 
 
-async def count_active_requests(session: AsyncSession) -> int:
-    result = await session.execute(
-        select(func.count()).select_from(Request).where(Request.status.in_(ACTIVE_STATUSES))
-    )
-    return int(result.scalar_one())
+async def count_active_requests(session: AsyncSession, *, owner: str | None = None) -> int:
+    """Requests queued or processing: all of them, or `owner`'s."""
+    statement = select(func.count()).select_from(Request)
+    statement = statement.where(Request.status.in_(ACTIVE_STATUSES))
+    if owner is not None:
+        statement = statement.where(Request.owner == owner)
+    return int((await session.execute(statement)).scalar_one())
 
 
 async def requests_by_status(session: AsyncSession) -> dict[str, int]:

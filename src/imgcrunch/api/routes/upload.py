@@ -38,7 +38,7 @@ async def upload(
         int | None, Form(ge=1, le=100, description="JPEG quality; default from the server")
     ] = None,
 ) -> Accepted:
-    await _refuse_when_full(session, settings.max_queued_requests)
+    await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
     limits = csvio.Limits(
@@ -76,19 +76,33 @@ async def upload(
     )
 
 
-async def _refuse_when_full(session: SessionDep, cap: int) -> None:
+async def _refuse_when_full(session: SessionDep, settings: SettingsDep, owner: str | None) -> None:
     """Back-pressure: past the cap, a client is told to come back, rather than the queue (and
     the database, and the disk) growing without bound."""
     active = await repository.count_active_requests(session)
+    per_key, own = settings.max_queued_requests_per_key, 0
+    if owner is not None and per_key is not None:
+        own = await repository.count_active_requests(session, owner=owner)
     await session.rollback()  # end the read, so the upload's own transaction can begin
-    if active >= cap:
-        raise ApiError(
-            429,
-            "too_many_requests",
+    if active >= settings.max_queued_requests:
+        raise _full(
             f"{active} requests are queued or processing, the most this server takes "
-            f"(IMGCRUNCH_MAX_QUEUED_REQUESTS); try again in {_FULL_RETRY_AFTER} s",
-            headers={"Retry-After": str(_FULL_RETRY_AFTER)},
+            "(IMGCRUNCH_MAX_QUEUED_REQUESTS)"
         )
+    if per_key is not None and own >= per_key:
+        raise _full(
+            f"this API key has {own} requests queued or processing, the most one key may have "
+            "(IMGCRUNCH_MAX_QUEUED_REQUESTS_PER_KEY)"
+        )
+
+
+def _full(reason: str) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_requests",
+        f"{reason}; try again in {_FULL_RETRY_AFTER} s",
+        headers={"Retry-After": str(_FULL_RETRY_AFTER)},
+    )
 
 
 def _checked_webhook_url(url: str | None, guard: AddressGuard, max_length: int) -> str | None:
