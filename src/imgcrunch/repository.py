@@ -495,15 +495,17 @@ class Claim:
 # Pending images no claim holds. (A dead worker's claims come back through the sweep, which
 # releases them.) A duplicate is recorded with the image it duplicates.
 _UNCLAIMED = (
-    (Image.status == ImageStatus.PENDING)
-    & Image.duplicate_of.is_(None)
-    & Image.claimed_at.is_(None)
+    (_images.c.status == ImageStatus.PENDING)
+    & _images.c.duplicate_of.is_(None)
+    & _images.c.claimed_at.is_(None)
 )
 
 
 async def unclaimed_image_count(session: AsyncSession, request_id: uuid.UUID) -> int:
     result = await session.execute(
-        select(func.count()).select_from(Image).where(Image.request_id == request_id, _UNCLAIMED)
+        select(func.count())
+        .select_from(_images)
+        .where(_images.c.request_id == request_id, _UNCLAIMED)
     )
     return int(result.scalar_one())
 
@@ -518,46 +520,72 @@ async def claim_next_batch(
     row is locked until the transaction ends (PostgreSQL), so workers asking at the same moment
     for the same request take its batches one after the other, never the same images.
     """
+    connection = await session.connection()
     for _ in range(8):  # the images found can be claimed by another in between: look again
-        chosen = (
-            await session.execute(
-                select(Request.id, Request.quality)
-                .where(
-                    Request.status.in_(ACTIVE_STATUSES),
-                    Request.ingested_at.is_not(None),
-                    exists().where(Image.request_id == Request.id, _UNCLAIMED),
-                )
-                .order_by(Request.last_claimed_at.asc().nulls_first(), Request.created_at)
-                .limit(1)
-                .with_for_update(of=Request)
-            )
-        ).first()
+        chosen = (await connection.execute(_LONGEST_WAITING)).first()
         if chosen is None:
             return None
+        request_id, quality = chosen
         ids = (
-            (
-                await session.execute(
-                    select(Image.id)
-                    .where(Image.request_id == chosen.id, _UNCLAIMED)
-                    .order_by(Image.id)
-                    .limit(size)
-                )
-            )
+            (await connection.execute(_NEXT_UNCLAIMED, {"n_request": request_id, "n_size": size}))
             .scalars()
             .all()
         )
         if not ids:
             continue
-        batch = Batch(chosen.id, ids[0], ids[-1], chosen.quality)
-        images = await claim_images(
-            session, batch, worker=worker, now=now, stale_before=stale_before
+        batch = Batch(request_id, ids[0], ids[-1], quality)
+        claimed = await connection.execute(
+            _CLAIM,
+            {
+                "c_request": request_id,
+                "c_first": batch.first_id,
+                "c_last": batch.last_id,
+                "c_stale_before": stale_before,
+                "c_worker": worker,
+                "c_now": now,
+            },
         )
-        await session.execute(
-            update(Request).where(Request.id == chosen.id).values(last_claimed_at=now)
-        )
+        images = sorted((ClaimedImage(id_, url) for id_, url in claimed), key=lambda i: i.id)
+        await connection.execute(_CLAIMED_FROM, {"l_request": request_id, "l_now": now})
         if images:
             return Claim(batch, images)
     return None
+
+
+_LONGEST_WAITING = (
+    select(_requests.c.id, _requests.c.quality)
+    .where(
+        _requests.c.status.in_(ACTIVE_STATUSES),
+        _requests.c.ingested_at.is_not(None),
+        exists().where(_images.c.request_id == _requests.c.id, _UNCLAIMED),
+    )
+    .order_by(_requests.c.last_claimed_at.asc().nulls_first(), _requests.c.created_at)
+    .limit(1)
+    .with_for_update(of=_requests)
+)
+_NEXT_UNCLAIMED = (
+    select(_images.c.id)
+    .where(_images.c.request_id == bindparam("n_request"), _UNCLAIMED)
+    .order_by(_images.c.id)
+    .limit(bindparam("n_size"))
+)
+# Claimed from just now; and processing from now on, if it was only queued.
+_CLAIMED_FROM = (
+    update(_requests)
+    .where(_requests.c.id == bindparam("l_request"))
+    .values(
+        last_claimed_at=bindparam("l_now"),
+        started_at=case(
+            (_requests.c.status == RequestStatus.QUEUED, bindparam("l_now")),
+            else_=_requests.c.started_at,
+        ),
+        status=case(
+            (_requests.c.status == RequestStatus.QUEUED, RequestStatus.PROCESSING),
+            else_=_requests.c.status,
+        ),
+        updated_at=bindparam("l_now"),
+    )
+)
 
 
 async def claim_images(
