@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from imgcrunch.webhooks import WebhookVerificationError, verify
 from tests import servers
@@ -375,6 +376,18 @@ def receiver() -> Iterator[Receiver]:
 
 
 # --- the service, as a real process ---------------------------------------------------------
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """A Prometheus endpoint's samples, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(url).text)
+        for sample in family.samples
+    }
 
 
 def free_port() -> int:

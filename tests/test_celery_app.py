@@ -20,7 +20,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
@@ -33,6 +32,7 @@ from tests.conftest import (
     ServiceFactory,
     WebhookReceiver,
     free_port,
+    scrape,
 )
 
 IMAGES = 240  # 80 products of three photos: many batches, shared by both workers
@@ -304,14 +304,6 @@ def test_a_small_request_is_not_queued_behind_a_huge_one(
     # Its two batches came next, not after the huge request's 45.
     assert huge_done_then < 45, huge_done_then
     assert huge_status["progress"]["done"] == 90
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(httpx.get(url).text)
-        for sample in family.samples
-    }
 
 
 def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(

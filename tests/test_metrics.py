@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.conftest import ImageServer, Service, ServiceFactory, WebhookReceiver
-
-
-def scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{service.base_url}/metrics").text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+from tests.conftest import ImageServer, ServiceFactory, WebhookReceiver, scrape
 
 
 def test_metrics_count_what_a_request_did(
     make_service: ServiceFactory, image_server: ImageServer, webhook_receiver: WebhookReceiver
 ) -> None:
     service = make_service()
-    before = scrape(service)
+    before = scrape(f"{service.base_url}/metrics")
     a, b = image_server.photo_urls(2, tag="metrics-")
     missing = image_server.url("/missing.jpg")
     response = service.upload(
@@ -31,7 +19,7 @@ def test_metrics_count_what_a_request_did(
     request_id = response.json()["request_id"]
     status = service.wait_until_finished(request_id)
     webhook_receiver.wait_for(1)
-    after = scrape(service)
+    after = scrape(f"{service.base_url}/metrics")
 
     def moved(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
