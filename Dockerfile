@@ -13,5 +13,5 @@ USER imgcrunch
 ENV IMGCRUNCH_DATA_DIR=/data \
     IMGCRUNCH_HOST=0.0.0.0
 VOLUME /data
-EXPOSE 8000
+EXPOSE 8000 9101
 CMD ["imgcrunch", "serve"]
