@@ -151,6 +151,8 @@ async def test_the_next_batch_is_the_request_that_waited_longest(
         request = await repository.get_request(session, small)
         assert request is not None
         assert request.status == RequestStatus.PROCESSING
+        assert request.started_at is not None
+        assert abs(request.started_at - utcnow()) < timedelta(seconds=30)
         assert await repository.unclaimed_image_count(session, big) == 0
 
 

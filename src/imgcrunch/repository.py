@@ -285,8 +285,7 @@ async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
 
 async def count_active_requests(session: AsyncSession, *, owner: str | None = None) -> int:
     """Requests queued or processing: all of them, or `owner`'s."""
-    statement = select(func.count()).select_from(Request)
-    statement = statement.where(Request.status.in_(ACTIVE_STATUSES))
+    statement = select(func.count()).where(Request.status.in_(ACTIVE_STATUSES))
     if owner is not None:
         statement = statement.where(Request.owner == owner)
     return int((await session.execute(statement)).scalar_one())
@@ -569,21 +568,23 @@ _NEXT_UNCLAIMED = (
     .order_by(_images.c.id)
     .limit(bindparam("n_size"))
 )
-# Claimed from just now; and processing from now on, if it was only queued.
+# Claimed from just now; and processing from now on, if it was only queued. The time is typed
+# so that it is stored as the columns store it in every place it appears, CASE included.
+_claimed_now = bindparam("l_now", type_=_requests.c.last_claimed_at.type)
 _CLAIMED_FROM = (
     update(_requests)
     .where(_requests.c.id == bindparam("l_request"))
     .values(
-        last_claimed_at=bindparam("l_now"),
+        last_claimed_at=_claimed_now,
         started_at=case(
-            (_requests.c.status == RequestStatus.QUEUED, bindparam("l_now")),
+            (_requests.c.status == RequestStatus.QUEUED, _claimed_now),
             else_=_requests.c.started_at,
         ),
         status=case(
             (_requests.c.status == RequestStatus.QUEUED, RequestStatus.PROCESSING),
             else_=_requests.c.status,
         ),
-        updated_at=bindparam("l_now"),
+        updated_at=_claimed_now,
     )
 )
 
