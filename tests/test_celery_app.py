@@ -344,7 +344,7 @@ def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(
         return sum(figures.get(key, 0.0) for figures in scraped)
 
     assert status["status"] == "completed_with_errors"
-    # Both workers took part, each in pool processes of its own, and nothing was lost.
+    # Both workers took part; each added up its two pool processes, and nothing was lost.
     assert all(figures.get(("imgcrunch_fetch_seconds_count", ()), 0) for figures in scraped)
     assert total("imgcrunch_images_total", outcome="done", code="") == 29
     assert total("imgcrunch_images_total", outcome="failed", code="http_error") == 1
