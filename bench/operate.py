@@ -255,7 +255,8 @@ def load_lines(load: Load) -> list[str]:
         f"  busy  p50 {load.upload_busy_ms['p50']:6.1f} ms   "
         f"p99 {load.upload_busy_ms['p99']:6.1f} ms",
         f"  those small requests completed {load.small_done_s['p50']:.2f} s after upload "
-        f"(median; slowest {load.small_done_s['max']:.2f} s); each was uploaded while the big one ran",
+        f"(median; slowest {load.small_done_s['max']:.2f} s); each was uploaded while the "
+        "big one ran",
     ]
 
 
