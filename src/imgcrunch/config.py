@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)  # transient failures: database or broker down
     sweep_interval: float = Field(default=30.0, gt=0)  # re-running stale claims, and the like
     # `imgcrunch worker` serves GET /metrics on this port (at `host`), its pool processes' sum.
-    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     jpeg_quality: int = Field(default=50, ge=1, le=100)
     background: tuple[int, int, int] = (255, 255, 255)
