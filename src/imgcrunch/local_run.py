@@ -21,8 +21,8 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
 from imgcrunch.dispatch import InlineDispatcher
 from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
+from imgcrunch.pipeline import accept
 from imgcrunch.runtime import open_runtime, open_sessions
-from imgcrunch.storage import LocalStorage, input_csv_key
 from imgcrunch.webhooks import new_secret
 
 POLL_SECONDS = 0.2
@@ -89,7 +89,10 @@ async def _process(
         open_sessions(settings) as sessions,
         open_runtime(settings, sessions, codec_threads=threads) as runtime,
     ):
-        request_id = await _create(sessions, runtime.storage, data, parsed, run, settings)
+        async with sessions() as session:
+            request_id = await accept(
+                session, runtime.storage, data, parsed, quality=run.quality or settings.jpeg_quality
+            )
         dispatcher = InlineDispatcher.for_settings(
             runtime.pipeline, runtime.deliverer, sessions, settings
         )
@@ -122,31 +125,6 @@ async def _process(
     if request.status == RequestStatus.COMPLETED:
         return OK
     return SOME_FAILED if request.status == RequestStatus.COMPLETED_WITH_ERRORS else UNUSABLE
-
-
-async def _create(
-    sessions: SessionFactory,
-    storage: LocalStorage,
-    data: bytes,
-    parsed: csvio.ParsedCsv,
-    run: LocalRun,
-    settings: Settings,
-) -> uuid.UUID:
-    request_id = uuid.uuid4()
-    key = input_csv_key(request_id)
-    await asyncio.to_thread(storage.put, key, data)
-    async with sessions.begin() as session:
-        await repository.create_request(
-            session,
-            repository.NewRequest(
-                id=request_id,
-                total_images=parsed.image_count,
-                extra_columns=parsed.extra_columns,
-                quality=run.quality or settings.jpeg_quality,
-                input_key=key,
-            ),
-        )
-    return request_id
 
 
 async def _follow(

@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
-from imgcrunch.storage import Storage, image_key, output_csv_key
+from imgcrunch.storage import Storage, image_key, input_csv_key, output_csv_key
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,37 @@ log = logging.getLogger(__name__)
 _ACCEPTED_AT_UPLOAD = csvio.Limits(
     max_rows=sys.maxsize, max_urls_per_row=sys.maxsize, max_url_length=sys.maxsize
 )
+
+
+async def accept(
+    session: AsyncSession,
+    storage: Storage,
+    data: bytes,
+    parsed: csvio.ParsedCsv,
+    *,
+    quality: int,
+    webhook_url: str | None = None,
+    owner: str | None = None,
+) -> uuid.UUID:
+    """Keep a validated input CSV and record its request, queued. Its rows are stored later, by
+    `Pipeline.ingest` from the kept file, so a big catalog is answered at once."""
+    request_id = uuid.uuid4()
+    key = input_csv_key(request_id)
+    await asyncio.to_thread(storage.put, key, data)
+    async with session.begin():
+        await repository.create_request(
+            session,
+            repository.NewRequest(
+                id=request_id,
+                total_images=parsed.image_count,
+                extra_columns=parsed.extra_columns,
+                quality=quality,
+                webhook_url=webhook_url,
+                input_key=key,
+                owner=owner,
+            ),
+        )
+    return request_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

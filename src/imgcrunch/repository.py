@@ -30,7 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from imgcrunch.csvio import InputRow
 from imgcrunch.models import (
@@ -533,18 +533,7 @@ async def claim_next_batch(
         if not ids:
             continue
         batch = Batch(request_id, ids[0], ids[-1], quality)
-        claimed = await connection.execute(
-            _CLAIM,
-            {
-                "c_request": request_id,
-                "c_first": batch.first_id,
-                "c_last": batch.last_id,
-                "c_stale_before": stale_before,
-                "c_worker": worker,
-                "c_now": now,
-            },
-        )
-        images = sorted((ClaimedImage(id_, url) for id_, url in claimed), key=lambda i: i.id)
+        images = await _claim_range(connection, batch, worker, now, stale_before)
         await connection.execute(_CLAIMED_FROM, {"l_request": request_id, "l_now": now})
         if images:
             return Claim(batch, images)
@@ -594,6 +583,19 @@ async def claim_images(
 ) -> list[ClaimedImage]:
     """Claim the batch's images that are still pending and not held by a live claim."""
     connection = await session.connection()
+    claimed = await _claim_range(connection, batch, worker, now, stale_before)
+    if claimed:
+        await connection.execute(_START, {"s_request": batch.request_id, "s_now": now})
+    return claimed
+
+
+async def _claim_range(
+    connection: AsyncConnection,
+    batch: Batch,
+    worker: str,
+    now: datetime,
+    stale_before: datetime,
+) -> list[ClaimedImage]:
     result = await connection.execute(
         _CLAIM,
         {
@@ -605,10 +607,7 @@ async def claim_images(
             "c_now": now,
         },
     )
-    claimed = [ClaimedImage(id_, url) for id_, url in result]
-    if claimed:
-        await connection.execute(_START, {"s_request": batch.request_id, "s_now": now})
-    return sorted(claimed, key=lambda image: image.id)
+    return sorted((ClaimedImage(id_, url) for id_, url in result), key=lambda image: image.id)
 
 
 _CLAIM = (

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from imgcrunch import csvio, repository
+from imgcrunch import csvio, pipeline, repository
 from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import Accepted, ErrorBody
 from imgcrunch.fetcher import AddressGuard, FetchError, check_url, is_http_url
-from imgcrunch.storage import input_csv_key
 
 router = APIRouter(tags=["requests"])
 
@@ -51,22 +49,15 @@ async def upload(
     except csvio.CsvError as exc:
         raise _csv_error(exc) from None
 
-    request_id = uuid.uuid4()
-    key = input_csv_key(request_id)
-    await asyncio.to_thread(services.storage.put, key, data)
-    async with session.begin():
-        await repository.create_request(
-            session,
-            repository.NewRequest(
-                id=request_id,
-                total_images=parsed.image_count,
-                extra_columns=parsed.extra_columns,
-                quality=quality or settings.jpeg_quality,
-                webhook_url=webhook,
-                input_key=key,
-                owner=owner,
-            ),
-        )
+    request_id = await pipeline.accept(
+        session,
+        services.storage,
+        data,
+        parsed,
+        quality=quality or settings.jpeg_quality,
+        webhook_url=webhook,
+        owner=owner,
+    )
     services.dispatcher.submit(request_id)
     return Accepted(
         request_id=request_id,
