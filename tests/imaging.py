@@ -99,6 +99,12 @@ def with_metadata(image: VipsImage) -> bytes:
     return bytes(tagged.jpegsave_buffer(keep="all"))
 
 
+def heavily_compressed_photo() -> bytes:
+    """A small photo at quality 20, with metadata: quality 50 would only make it larger."""
+    tagged = decode(with_metadata(small_photo()))
+    return bytes(tagged.jpegsave_buffer(Q=20, keep="all"))
+
+
 def with_icc_segment(jpeg: bytes, profile: bytes) -> bytes:
     """`jpeg` with `profile` embedded as is (libvips would refuse to write a broken one)."""
     body = b"ICC_PROFILE\x00\x01\x01" + profile  # chunk 1 of 1

@@ -59,7 +59,9 @@ _WEIGHTS = np.array(
 def _fma(a: Any, b: Any, c: Any) -> Plane:
     """a * b + c rounded once to float32, as a fused multiply-add: the product of two float32
     is exact in float64, so only the sum rounds (twice, which almost never differs)."""
-    result: Plane = (np.asarray(a, _F64) * b + c).astype(_F32)
+    product = np.multiply(a, b, dtype=_F64)
+    product += c
+    result: Plane = product.astype(_F32)
     return result
 
 
@@ -183,7 +185,8 @@ for _shift in range(_LANES):
 
 def _horizontal(plane: Plane) -> Plane:
     """Blur along each row: scalar steps at the edges, four lanes at a time between them."""
-    columns = np.moveaxis(plane, 1, 0)  # width x height x 3: one step per column
+    # width x height x 3, contiguous: one step per column, each a block of memory.
+    columns = np.ascontiguousarray(np.moveaxis(plane, 1, 0))
     width, n = columns.shape[0], _RADIUS
     out = np.empty_like(columns)
     zero = np.zeros(columns.shape[1:], _F32)
@@ -257,7 +260,7 @@ def _ssim_norms(
     num_s = _F32(2) * (s12 - mu1 * mu2) + _C2
     denom_s = (s11 - mu1 * mu1) + (s22 - mu2 * mu2) + _C2
     d = np.maximum(1.0 - (num_m * num_s / denom_s).astype(_F64), 0.0)
-    return np.stack([d.mean(axis=(0, 1)), (d**4).mean(axis=(0, 1)) ** 0.25])
+    return np.stack([d.mean(axis=(0, 1)), _quartic(d).mean(axis=(0, 1)) ** 0.25])
 
 
 def _edge_norms(img1: Plane, mu1: Plane, img2: Plane, mu2: Plane) -> npt.NDArray[np.float64]:
@@ -266,8 +269,14 @@ def _edge_norms(img1: Plane, mu1: Plane, img2: Plane, mu2: Plane) -> npt.NDArray
     d1 = ratio - 1.0
     norms = []
     for error in (np.maximum(d1, 0.0), np.maximum(-d1, 0.0)):
-        norms += [error.mean(axis=(0, 1)), (error**4).mean(axis=(0, 1)) ** 0.25]
+        norms += [error.mean(axis=(0, 1)), _quartic(error).mean(axis=(0, 1)) ** 0.25]
     return np.stack(norms)  # ringing 1, ringing 4, blurring 1, blurring 4
+
+
+def _quartic(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    squared = x * x
+    result: npt.NDArray[np.float64] = squared * squared
+    return result
 
 
 def _final_score(per_scale: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]) -> float:
