@@ -48,6 +48,7 @@ async def _store_requests(sessions: SessionFactory, images: int) -> list[uuid.UU
                     total_images=images,
                     extra_columns=(),
                     quality=50,
+                    effort="balanced",
                     input_key="k",
                 ),
             )

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgcrunch.webhooks import WebhookVerificationError, verify
 from tests import servers
-from tests.imaging import png_bomb
+from tests.imaging import heavily_compressed_photo, png_bomb
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
@@ -69,6 +69,8 @@ class ImageServer:
 
     /photos/<name>      a photo (any query string is ignored, so `?n=1` makes distinct URLs)
     /logo.png           an RGBA PNG
+    /compressed.jpg     a small photo at JPEG quality 20 with EXIF, XMP and an sRGB profile:
+                        re-encoding it would not make it smaller
     /missing.jpg        404           /error.jpg     500
     /page.jpg           HTML served as image/jpeg
     /stall.jpg          headers, then silence for `stall_seconds`
@@ -105,6 +107,7 @@ class ImageServer:
 def _image_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
     files = {f"/photos/{photo.name}": photo.read_bytes() for photo in PHOTOS}
     files["/logo.png"] = (DATA / "logo.png").read_bytes()
+    files["/compressed.jpg"] = heavily_compressed_photo()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -58,8 +58,16 @@ def test_a_classic_csv_is_compressed_end_to_end(
 
     status = service.wait_until_finished(request_id)
     assert status["status"] == "completed"
-    assert status["progress"] == {"total": 3, "done": 3, "failed": 0, "percent": 100.0}
+    assert status["progress"] == {
+        "total": 3,
+        "done": 3,
+        "failed": 0,
+        "kept_original": 0,
+        "percent": 100.0,
+    }
+    assert (status["quality"], status["effort"]) == (50, "balanced")
     assert status["errors"] == []
+    assert status["kept_originals"] == []
     assert status["output_csv_url"] == f"{service.base_url}/download/{request_id}"
     assert 0 < status["bytes_out"] < status["bytes_in"]
 
@@ -134,7 +142,13 @@ def test_broken_images_fail_alone_with_their_reasons(
     )
     status = service.wait_until_finished(request_id)
     assert status["status"] == "completed_with_errors"
-    assert status["progress"] == {"total": 5, "done": 1, "failed": 4, "percent": 100.0}
+    assert status["progress"] == {
+        "total": 5,
+        "done": 1,
+        "failed": 4,
+        "kept_original": 0,
+        "percent": 100.0,
+    }
     reasons = {error["url"]: (error["code"], error["message"]) for error in status["errors"]}
     assert reasons[missing] == ("http_error", "HTTP 404 Not Found")
     assert reasons[server_error][0] == "http_error"
@@ -438,6 +452,66 @@ def test_paths_work_with_a_trailing_slash(service: Service, image_server: ImageS
         assert client.get("/healthz/").status_code == 200
 
 
+def test_unknown_form_fields_and_efforts_are_named(service: Service) -> None:
+    csv_text = "S. No,Product Name,Input Image Urls\n1,A,https://example.com/a.jpg\n"
+    with service.client() as client:
+        before = [r["request_id"] for r in client.get("/requests").json()["requests"]]
+    typo = service.upload(csv_text, qualty="30", efort="max")
+    assert typo.status_code == 422
+    error = typo.json()["error"]
+    assert error["code"] == "unknown_field"
+    assert "qualty, efort" in error["message"]
+    assert [detail["field"] for detail in error["details"]] == ["qualty", "efort"]
+    unknown_effort = service.upload(csv_text, effort="fastest")
+    assert unknown_effort.status_code == 422
+    error = unknown_effort.json()["error"]
+    assert error["details"][0]["field"] == "effort"
+    assert "'balanced' or 'max'" in error["details"][0]["reason"]
+    with service.client() as client:  # nothing was accepted
+        assert [r["request_id"] for r in client.get("/requests").json()["requests"]] == before
+
+
+def test_effort_can_be_chosen_per_request(service: Service, image_server: ImageServer) -> None:
+    url = image_server.photo_urls(1, tag="effort")[0]
+    csv_text = f"S. No,Product Name,Input Image Urls\n1,A,{url}\n"
+    sizes = {}
+    for effort in ("balanced", "max"):
+        request_id = upload_ok(service, csv_text, effort=effort)
+        status = service.wait_until_finished(request_id)
+        assert (status["status"], status["effort"]) == ("completed", effort)
+        sizes[effort] = int(download(service, request_id)[0]["Bytes Out"])
+    assert sizes["max"] < sizes["balanced"]
+
+
+def test_an_original_that_would_not_shrink_is_kept_and_said_so(
+    service: Service, image_server: ImageServer
+) -> None:
+    kept, compressed = image_server.url("/compressed.jpg"), image_server.photo_urls(1, tag="k")[0]
+    request_id = upload_ok(
+        service, f'S. No,Product Name,Input Image Urls\n1,A,"{compressed},{kept}"\n'
+    )
+    status = service.wait_until_finished(request_id)
+    assert status["status"] == "completed"
+    assert status["progress"]["kept_original"] == 1
+    assert status["kept_originals"] == [{"row": "1", "product_name": "A", "url": kept}]
+    assert status["kept_originals_truncated"] is False
+
+    with service.client() as client:
+        images = client.get(f"/requests/{request_id}/images").json()["images"]
+    assert [image["kept_original"] for image in images] == [False, True]
+    original = httpx.get(kept).content
+    output = httpx.get(images[1]["output_url"]).content
+    assert len(output) < len(original)  # the original, without its metadata
+    assert images[1]["bytes_out"] == len(output)
+    decoded = pyvips.Image.new_from_buffer(output, "")
+    assert (decoded - pyvips.Image.new_from_buffer(original, "")).abs().max() == 0
+    assert "exif-data" not in decoded.get_fields()
+
+    row = download(service, request_id)[0]
+    assert row["Kept Originals"] == kept
+    assert row["Errors"] == ""
+
+
 def test_quality_can_be_chosen_per_request(service: Service, image_server: ImageServer) -> None:
     url = image_server.photo_urls(1, tag="quality")[0]
     csv_text = f"S. No,Product Name,Input Image Urls\n1,A,{url}\n"
@@ -469,7 +543,7 @@ def test_webhook_is_called_when_done(
     assert event["data"] == {
         "request_id": request_id,
         "status": "completed_with_errors",
-        "progress": {"total": 2, "done": 1, "failed": 1, "percent": 100.0},
+        "progress": {"total": 2, "done": 1, "failed": 1, "kept_original": 0, "percent": 100.0},
         "output_csv_url": f"{service.base_url}/download/{request_id}",
         "download_url": f"{service.base_url}/download/{request_id}",
     }

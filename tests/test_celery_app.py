@@ -223,7 +223,13 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
         image_server.delay = 0.0
 
     assert status["status"] == "completed", status
-    assert status["progress"] == {"total": IMAGES, "done": IMAGES, "failed": 0, "percent": 100.0}
+    assert status["progress"] == {
+        "total": IMAGES,
+        "done": IMAGES,
+        "failed": 0,
+        "kept_original": 0,
+        "percent": 100.0,
+    }
     # The dead worker's claims went stale and the sweep sent them to the survivor.
     assert "re-running a stale claim" in survivor.log()
     # One pool process (--concurrency 1) compresses on every core the settings give it.

@@ -57,6 +57,24 @@ def test_process_compresses_a_csv_with_no_server(tmp_path: Path, image_server: I
     assert not (tmp_path / "out" / "webhook-secret").exists()
 
 
+def test_process_takes_an_effort_and_refuses_an_unknown_one(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-effort-')[0]}")
+    sizes = {}
+    for effort in ("balanced", "max"):
+        done = imgcrunch("process", "products.csv", "-o", effort, "--effort", effort, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        rows = list(
+            csv.DictReader(io.StringIO((tmp_path / effort / "products.output.csv").read_text()))
+        )
+        sizes[effort] = int(rows[0]["Bytes Out"])
+    assert sizes["max"] < sizes["balanced"]
+    unknown = imgcrunch("process", "products.csv", "--effort", "fastest", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "invalid choice: 'fastest'" in unknown.stderr
+
+
 def test_process_exits_1_when_an_image_failed_and_says_why(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
@@ -88,14 +106,18 @@ def test_submit_wait_status_and_download_against_a_server(
     url = image_server.photo_urls(1, tag="cli-submit-")[0]
     products(tmp_path, f"1,A,{url}")
 
-    submitted = imgcrunch("submit", "products.csv", "--wait", *server, cwd=tmp_path)
+    submitted = imgcrunch(
+        "submit", "products.csv", "--wait", "--effort", "max", "--quality", "60", *server,
+        cwd=tmp_path,
+    )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     request_id = submitted.stdout.strip()
     assert "completed" in submitted.stderr
 
     status = imgcrunch("status", request_id, *server, cwd=tmp_path)
     assert status.returncode == 0
-    assert json.loads(status.stdout)["status"] == "completed"
+    body = json.loads(status.stdout)
+    assert (body["status"], body["effort"], body["quality"]) == ("completed", "max", 60)
 
     downloaded = imgcrunch("download", request_id, *server, cwd=tmp_path)
     assert downloaded.returncode == 0

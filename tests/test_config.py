@@ -71,3 +71,17 @@ def test_a_visibility_timeout_shorter_than_a_claim_is_refused(
 def test_allowed_hosts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMGCRUNCH_ALLOWED_HOSTS", " images.intranet , 127.0.0.1:8080,,[::1]:9000")
     assert Settings().allowed_hosts == ("images.intranet", "127.0.0.1:8080", "[::1]:9000")
+
+
+def test_the_default_effort_is_one_the_codec_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typing import get_args
+
+    from imgcrunch.codec import Effort
+
+    assert Settings().jpeg_effort == "balanced"
+    assert set(get_args(Settings.model_fields["jpeg_effort"].annotation)) == set(Effort)
+    monkeypatch.setenv("IMGCRUNCH_JPEG_EFFORT", "max")
+    assert Settings().jpeg_effort == "max"
+    monkeypatch.setenv("IMGCRUNCH_JPEG_EFFORT", "fastest")
+    with pytest.raises(ValueError, match="jpeg_effort"):
+        Settings()

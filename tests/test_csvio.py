@@ -617,7 +617,7 @@ ROW = OutputRow(
 
 def test_output_header() -> None:
     assert read_back(write_output(["Brand"], [])) == [
-        [*OUTPUT_HEADER, "Brand", "Bytes In", "Bytes Out", "Errors"]
+        [*OUTPUT_HEADER, "Brand", "Bytes In", "Bytes Out", "Errors", "Kept Originals"]
     ]
 
 
@@ -632,6 +632,7 @@ def test_output_round_trip_keeps_places_of_failed_images() -> None:
         bytes_in=3000,
         bytes_out=900,
         errors=[f"{B}: http_error: HTTP 404"],
+        kept_originals=[C],
     )
 
     lines = read_back(write_output(["Brand", "Price"], [row]))
@@ -646,6 +647,7 @@ def test_output_round_trip_keeps_places_of_failed_images() -> None:
         "3000",
         "900",
         f"{B}: http_error: HTTP 404",
+        C,
     ]
 
 
@@ -660,7 +662,8 @@ def test_output_errors_are_joined_with_semicolons() -> None:
     cells = read_back(write_output([], [row]))[1]
 
     assert cells[3] == ","
-    assert cells[-1] == f"{A}: timeout: no answer in 15 s; {B}: too_large: over 25 MiB"
+    assert cells[-2] == f"{A}: timeout: no answer in 15 s; {B}: too_large: over 25 MiB"
+    assert cells[-1] == ""  # no original kept
 
 
 def test_output_is_utf8_without_bom_with_crlf_line_ends() -> None:

@@ -37,7 +37,13 @@ def test_requests_are_listed_newest_first_a_page_at_a_time(
 
     summary = first["requests"][0]
     assert summary["status"] == "completed"
-    assert summary["progress"] == {"total": 2, "done": 2, "failed": 0, "percent": 100.0}
+    assert summary["progress"] == {
+        "total": 2,
+        "done": 2,
+        "failed": 0,
+        "kept_original": 0,
+        "percent": 100.0,
+    }
     assert summary["status_url"] == f"{service.base_url}/status/{made[2]}"
     assert summary["output_csv_url"] == f"{service.base_url}/download/{made[2]}"
     assert 0 < summary["bytes_out"] < summary["bytes_in"]
@@ -169,10 +175,22 @@ def test_retry_after_a_failing_origin_recovers(
         retried = client.post(f"/requests/{request_id}/retry")
         assert retried.status_code == 202
         assert retried.json()["status"] == "processing"
-        assert retried.json()["progress"] == {"total": 2, "done": 1, "failed": 0, "percent": 50.0}
+        assert retried.json()["progress"] == {
+            "total": 2,
+            "done": 1,
+            "failed": 0,
+            "kept_original": 0,
+            "percent": 50.0,
+        }
         second = service.wait_until_finished(request_id)
         assert second["status"] == "completed"
-        assert second["progress"] == {"total": 2, "done": 2, "failed": 0, "percent": 100.0}
+        assert second["progress"] == {
+            "total": 2,
+            "done": 2,
+            "failed": 0,
+            "kept_original": 0,
+            "percent": 100.0,
+        }
         output = client.get(f"/download/{request_id}").text
         nothing = client.post(f"/requests/{request_id}/retry")
     outputs = output.splitlines()[1].split('"')[3].split(",")

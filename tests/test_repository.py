@@ -38,6 +38,7 @@ async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
         total_images=sum(len(row.urls) for row in rows),
         extra_columns=("Extra",),
         quality=50,
+        effort="balanced",
         input_key="csv/input.csv",
     )
     async with sessions.begin() as session:
@@ -312,6 +313,7 @@ async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactor
                 total_images=1,
                 extra_columns=(),
                 quality=50,
+                effort="balanced",
                 input_key="csv/x.csv",
             ),
         )

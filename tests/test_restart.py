@@ -44,7 +44,13 @@ def wait_for_progress(service: Service, request_id: str, at_least: int) -> int:
 def assert_every_image_exactly_once(service: Service, request_id: str, urls: list[str]) -> None:
     status = service.wait_until_finished(request_id, timeout=120)
     assert status["status"] == "completed"
-    assert status["progress"] == {"total": IMAGES, "done": IMAGES, "failed": 0, "percent": 100.0}
+    assert status["progress"] == {
+        "total": IMAGES,
+        "done": IMAGES,
+        "failed": 0,
+        "kept_original": 0,
+        "percent": 100.0,
+    }
 
     csv_text = httpx.get(f"{service.base_url}/download/{request_id}").text
     lines = csv_text.strip().splitlines()

@@ -60,18 +60,21 @@ def test_upload_watch_the_bar_download_and_see_a_thumbnail(
 
     service = make_service()
     a, b = image_server.photo_urls(2, tag="web-")
-    missing = image_server.url("/missing.jpg")
-    csv_path = write_csv(tmp_path, f'1,Mug,"{a},{b}"', f"2,Bowl,{missing}")
+    missing, kept = image_server.url("/missing.jpg"), image_server.url("/compressed.jpg")
+    csv_path = write_csv(tmp_path, f'1,Mug,"{a},{b}"', f"2,Bowl,{missing}", f"3,Cup,{kept}")
 
     page.goto(f"{service.base_url}/")
     page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_label("Effort").select_option("max")
+    page.get_by_label("Quality").fill("60")
     page.get_by_role("button", name="Upload").click()
-    expect(page.locator("#upload-message")).to_contain_text("Accepted: 3 images")
+    expect(page.locator("#upload-message")).to_contain_text("Accepted: 4 images")
 
     card = page.locator("li.request").first
     expect(card.locator("progress")).to_have_attribute("value", "100")
     expect(card).to_have_attribute("data-status", "completed_with_errors")
-    expect(card).to_contain_text("2 of 3 done")
+    expect(card).to_contain_text("3 of 4 done")
+    expect(card).to_contain_text("1 kept as they were")
     with page.expect_download() as download:
         card.get_by_role("button", name="Download CSV").click()
     output = Path(download.value.path()).read_text()
@@ -82,6 +85,8 @@ def test_upload_watch_the_bar_download_and_see_a_thumbnail(
     expect(page.locator("#request-page")).to_be_visible()
     expect(page.get_by_role("cell", name="Bowl")).to_be_visible()
     expect(page.locator("#images")).to_contain_text("http_error: HTTP 404")
+    expect(page.locator("#images")).to_contain_text("original kept, without metadata")
+    expect(page.locator("#request-summary")).to_contain_text("quality 60 · effort max")
     thumbnail = page.locator("img.after").first
     expect(thumbnail).to_be_visible()
     page.wait_for_function(

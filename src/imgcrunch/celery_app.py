@@ -248,7 +248,8 @@ async def _process_next(worker: WorkerRuntime) -> bool:
 def process_batch(task: Task, request_id: str, first_id: int, last_id: int, quality: int) -> bool:
     """Process one given batch: messages queued by an earlier version, before an upgrade."""
     worker = worker_runtime()
-    batch = Batch(uuid.UUID(request_id), first_id, last_id, quality)
+    # Sent before effort levels existed: its request has the default effort in the database.
+    batch = Batch(uuid.UUID(request_id), first_id, last_id, quality, "balanced")
     try:
         return worker.run(_process_batch(worker, batch))
     except TRANSIENT as exc:

@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _CLIENT_COMMANDS = ("process", "submit", "status", "download")
+# codec.Effort's values, spelt out: `submit` must not load the codec (and pyvips) to know them.
+_EFFORTS = ("balanced", "max")
+_EFFORT_HELP = (
+    "balanced: fewer bytes than standard libjpeg, for less CPU; max: the fewest bytes, for about "
+    "four times balanced's CPU (default IMGCRUNCH_JPEG_EFFORT, balanced)"
+)
 
 
 def _add_client_commands(commands: Any) -> None:
@@ -67,6 +73,7 @@ def _add_client_commands(commands: Any) -> None:
     process.add_argument("csv", type=Path, help="the products CSV")
     process.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder")
     process.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
+    process.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
 
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
@@ -90,6 +97,7 @@ def _add_client_commands(commands: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="follow it to the end, with progress")
     submit.add_argument("--webhook-url")
     submit.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
+    submit.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
     status = commands.add_parser("status", parents=[server], help="a request's status, as JSON")
     status.add_argument("request_id")
     download = commands.add_parser("download", parents=[server], help="a request's output CSV")
@@ -105,7 +113,12 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
     console = Console(stderr=True)
     logging.getLogger().setLevel(logging.WARNING)  # the progress bar says what matters
     if args.command == "process":
-        run = local_run.LocalRun(csv_path=args.csv, out=args.out, quality=args.quality)
+        from imgcrunch.codec import Effort
+
+        effort = Effort(args.effort) if args.effort else None
+        run = local_run.LocalRun(
+            csv_path=args.csv, out=args.out, quality=args.quality, effort=effort
+        )
         return local_run.process(run, settings, console)
     server = remote.Server(url=args.server, api_key=args.api_key)
     if args.command == "submit":
@@ -114,6 +127,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             args.csv,
             webhook_url=args.webhook_url,
             quality=args.quality,
+            effort=args.effort,
             wait=args.wait,
             console=console,
         )

@@ -89,10 +89,13 @@ class OutputRow:
     bytes_in: int
     bytes_out: int
     errors: Sequence[str]  # e.g. "http://x/a.jpg: http_error: HTTP 404"
+    # Input URLs whose own bytes (without metadata) are the output: re-encoding would not shrink
+    # them.
+    kept_originals: Sequence[str] = ()
 
 
 OUTPUT_HEADER: tuple[str, ...] = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
-_FIGURES_HEADER = ("Bytes In", "Bytes Out", "Errors")
+_FIGURES_HEADER = ("Bytes In", "Bytes Out", "Errors", "Kept Originals")
 
 # ---------------------------------------------------------------------------------------------
 # Reading text out of bytes
@@ -510,4 +513,5 @@ def _output_cells(row: OutputRow, extra_width: int) -> list[str]:
         str(row.bytes_in),
         str(row.bytes_out),
         "; ".join(row.errors),
+        ",".join(row.kept_originals),
     ]

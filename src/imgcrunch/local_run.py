@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from imgcrunch import csvio, progress, repository
+from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
 from imgcrunch.dispatch import InlineDispatcher
@@ -39,6 +40,7 @@ class LocalRun:
     csv_path: Path
     out: Path
     quality: int | None = None
+    effort: Effort | None = None
 
 
 def settings_for(run: LocalRun, base: Settings) -> Settings:
@@ -91,7 +93,12 @@ async def _process(
     ):
         async with sessions() as session:
             request_id = await accept(
-                session, runtime.storage, data, parsed, quality=run.quality or settings.jpeg_quality
+                session,
+                runtime.storage,
+                data,
+                parsed,
+                quality=run.quality or settings.jpeg_quality,
+                effort=run.effort or Effort(settings.jpeg_effort),
             )
         dispatcher = InlineDispatcher.for_settings(
             runtime.pipeline, runtime.deliverer, sessions, settings

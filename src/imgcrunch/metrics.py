@@ -27,7 +27,8 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 IMAGES = Counter(
     "imgcrunch_images",
-    "Images processed by this process, by outcome (done, failed) and error code",
+    "Images processed by this process, by outcome (done, failed) and code: the error's, or "
+    "kept_original for a done image whose input was kept",
     ["outcome", "code"],
 )
 IMAGE_BYTES = Counter(

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -81,11 +83,14 @@ class Request(Base):
     status: Mapped[str] = mapped_column(String(32), default=RequestStatus.QUEUED, index=True)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     quality: Mapped[int] = mapped_column(Integer)
+    effort: Mapped[str] = mapped_column(String(16), server_default="balanced")  # codec.Effort
     output_format: Mapped[str] = mapped_column(String(16), default="jpeg")
     extra_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
     total_images: Mapped[int] = mapped_column(Integer)
     done_images: Mapped[int] = mapped_column(Integer, default=0)
     failed_images: Mapped[int] = mapped_column(Integer, default=0)
+    # Of the done images, those whose original was kept: re-encoding would not have shrunk it.
+    kept_images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     input_key: Mapped[str] = mapped_column(String(255))
@@ -107,6 +112,7 @@ class Request(Base):
             "total": self.total_images,
             "done": self.done_images,
             "failed": self.failed_images,
+            "kept_original": self.kept_images,
             "percent": round(percent, 1),
         }
 
@@ -151,6 +157,8 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     output_key: Mapped[str | None] = mapped_column(String(255))
+    # Done by keeping the input's own bytes, without metadata: the output would not be smaller.
+    kept_original: Mapped[bool] = mapped_column(Boolean, server_default=false())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -37,6 +37,7 @@ async def accept(
     parsed: csvio.ParsedCsv,
     *,
     quality: int,
+    effort: codec.Effort,
     webhook_url: str | None = None,
     owner: str | None = None,
 ) -> uuid.UUID:
@@ -53,6 +54,7 @@ async def accept(
                 total_images=parsed.image_count,
                 extra_columns=parsed.extra_columns,
                 quality=quality,
+                effort=effort,
                 webhook_url=webhook_url,
                 input_key=key,
                 owner=owner,
@@ -82,6 +84,7 @@ class _Encoded:
     data: bytes
     width: int
     height: int
+    kept_original: bool
 
 
 class Pipeline:
@@ -188,6 +191,7 @@ class Pipeline:
         if claimed:
             codec_options = codec.CodecOptions(
                 quality=batch.quality,
+                effort=codec.Effort(batch.effort),
                 max_pixels=self.options.max_pixels,
                 background=self.options.background,
             )
@@ -241,6 +245,7 @@ class Pipeline:
             bytes_out=len(encoded.data),
             width=encoded.width,
             height=encoded.height,
+            kept_original=encoded.kept_original,
         )
 
     async def _download(self, url: str) -> bytes:
@@ -342,13 +347,15 @@ def _encode_and_store(
         compressed = codec.compress(data, options)
         key = image_key(request_id, compressed.data, compressed.extension)
         storage.put(key, compressed.data)
-    return _Encoded(key, compressed.data, compressed.width, compressed.height)
+    return _Encoded(
+        key, compressed.data, compressed.width, compressed.height, compressed.kept_original
+    )
 
 
 def _count(results: Sequence[ImageResult]) -> None:
     for result in results:
         if result.ok:
-            metrics.IMAGES.labels("done", "").inc()
+            metrics.IMAGES.labels("done", "kept_original" if result.kept_original else "").inc()
             metrics.IMAGE_BYTES.labels("in").inc(result.bytes_in or 0)
             metrics.IMAGE_BYTES.labels("out").inc(result.bytes_out or 0)
         elif result.error_code != "cancelled":
@@ -388,6 +395,7 @@ def _output_row(
         bytes_in=sum(image.bytes_in or 0 for image in images if image.output_key),
         bytes_out=sum(image.bytes_out or 0 for image in images if image.output_key),
         errors=_errors(images),
+        kept_originals=[image.source_url for image in images if image.kept_original],
     )
 
 

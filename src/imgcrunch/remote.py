@@ -44,14 +44,12 @@ def submit(
     *,
     webhook_url: str | None,
     quality: int | None,
+    effort: str | None,
     wait: bool,
     console: Console,
 ) -> int:
-    form = {
-        key: str(value)
-        for key, value in (("webhook_url", webhook_url), ("quality", quality))
-        if value
-    }
+    fields = (("webhook_url", webhook_url), ("quality", quality), ("effort", effort))
+    form = {key: str(value) for key, value in fields if value}
     try:
         with server.client() as client:
             answer = _ok(

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Integer,
+    Select,
     Table,
     Update,
     bindparam,
@@ -55,6 +56,7 @@ class NewRequest:
     total_images: int
     extra_columns: Sequence[str]
     quality: int
+    effort: str
     input_key: str
     webhook_url: str | None = None
     owner: str | None = None  # the API key's owner that created it; None when keys are off
@@ -68,6 +70,7 @@ async def create_request(session: AsyncSession, new: NewRequest) -> None:
             status=RequestStatus.QUEUED,
             webhook_url=new.webhook_url,
             quality=new.quality,
+            effort=new.effort,
             extra_columns=list(new.extra_columns),
             total_images=new.total_images,
             done_images=0,
@@ -203,22 +206,47 @@ async def failed_images(
     session: AsyncSession, request_id: uuid.UUID, *, limit: int
 ) -> list[FailedImage]:
     result = await session.execute(
-        select(
-            Product.row_number,
-            Product.product_name,
-            Image.source_url,
+        _images_in_file_order(
+            request_id,
+            Image.status == ImageStatus.FAILED,
+            limit,
             Image.error_code,
             Image.error_message,
         )
-        .join(Product, Product.id == Image.product_id)
-        .where(Image.request_id == request_id, Image.status == ImageStatus.FAILED)
-        .order_by(Product.position, Image.position)
-        .limit(limit)
     )
     return [
         FailedImage(row_number, name, url, code or "unknown", message or "")
         for row_number, name, url, code, message in result
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class KeptImage:
+    row_number: str
+    product_name: str
+    url: str
+
+
+async def kept_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int
+) -> list[KeptImage]:
+    """Images done by keeping the original: re-encoding would not have made them smaller."""
+    result = await session.execute(
+        _images_in_file_order(request_id, Image.kept_original.is_(True), limit)
+    )
+    return [KeptImage(row_number, name, url) for row_number, name, url in result]
+
+
+def _images_in_file_order(
+    request_id: uuid.UUID, condition: ColumnElement[bool], limit: int, *columns: Any
+) -> Select[Any]:
+    return (
+        select(Product.row_number, Product.product_name, Image.source_url, *columns)
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id, condition)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+    )
 
 
 @dataclass(slots=True)
@@ -236,6 +264,7 @@ class ImageOutcome:
     output_key: str | None
     bytes_in: int | None
     bytes_out: int | None
+    kept_original: bool
     error_code: str | None
     error_message: str | None
 
@@ -255,6 +284,7 @@ async def product_outcomes(
             Image.output_key,
             Image.bytes_in,
             Image.bytes_out,
+            Image.kept_original,
             Image.error_code,
             Image.error_message,
         )
@@ -408,6 +438,7 @@ class ImageRow:
     bytes_out: int | None
     width: int | None
     height: int | None
+    kept_original: bool
     error_code: str | None
     error_message: str | None
 
@@ -427,6 +458,7 @@ async def request_images(
             Image.bytes_out,
             Image.width,
             Image.height,
+            Image.kept_original,
             Image.error_code,
             Image.error_message,
         )
@@ -436,7 +468,7 @@ async def request_images(
         .limit(limit)
         .offset(offset)
     )
-    return [ImageRow(*row) for row in result]
+    return [ImageRow(*tuple(row)) for row in result]
 
 
 # --- working on images ----------------------------------------------------------------------
@@ -455,14 +487,16 @@ class Batch:
     request_id: uuid.UUID
     first_id: int
     last_id: int
-    quality: int  # the request's JPEG quality, fixed at upload, carried so no batch asks again
+    # The request's JPEG quality and effort, fixed at upload, carried so no batch asks again.
+    quality: int
+    effort: str
 
 
 async def next_batch(
     session: AsyncSession, request_id: uuid.UUID, *, after_id: int, size: int
 ) -> Batch | None:
     result = await session.execute(
-        select(Image.id, Request.quality)
+        select(Image.id, Request.quality, Request.effort)
         .join(Request, Request.id == Image.request_id)
         .where(
             Image.request_id == request_id,
@@ -476,7 +510,7 @@ async def next_batch(
     rows = result.all()
     if not rows:
         return None
-    return Batch(request_id, rows[0].id, rows[-1].id, rows[0].quality)
+    return Batch(request_id, rows[0].id, rows[-1].id, rows[0].quality, rows[0].effort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +558,7 @@ async def claim_next_batch(
         chosen = (await connection.execute(_LONGEST_WAITING)).first()
         if chosen is None:
             return None
-        request_id, quality = chosen
+        request_id, quality, effort = chosen
         ids = (
             (await connection.execute(_NEXT_UNCLAIMED, {"n_request": request_id, "n_size": size}))
             .scalars()
@@ -532,7 +566,7 @@ async def claim_next_batch(
         )
         if not ids:
             continue
-        batch = Batch(request_id, ids[0], ids[-1], quality)
+        batch = Batch(request_id, ids[0], ids[-1], quality, effort)
         images = await _claim_range(connection, batch, worker, now, stale_before)
         await connection.execute(_CLAIMED_FROM, {"l_request": request_id, "l_now": now})
         if images:
@@ -541,7 +575,7 @@ async def claim_next_batch(
 
 
 _LONGEST_WAITING = (
-    select(_requests.c.id, _requests.c.quality)
+    select(_requests.c.id, _requests.c.quality, _requests.c.effort)
     .where(
         _requests.c.status.in_(ACTIVE_STATUSES),
         _requests.c.ingested_at.is_not(None),
@@ -645,6 +679,7 @@ class ImageResult:
     bytes_out: int | None = None
     width: int | None = None
     height: int | None = None
+    kept_original: bool = False
     error_code: str | None = None
     error_message: str | None = None
 
@@ -660,11 +695,12 @@ _COPIED_COLUMNS = (
     "bytes_out",
     "width",
     "height",
+    "kept_original",
     "error_code",
     "error_message",
 )
 _RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
-_RECORD_CHUNK = 64  # images per statement: 9 parameters each, well inside every database's cap
+_RECORD_CHUNK = 64  # images per statement: 10 parameters each, well inside every database's cap
 
 
 @functools.cache
@@ -694,7 +730,9 @@ def _record_statement(count: int) -> Update:
             {column: per_image(column) for column in _RESULT_COLUMNS}
             | {"claimed_by": None, "completed_at": bindparam("completed_at")}
         )
-        .returning(_images.c.status, _images.c.bytes_in, _images.c.bytes_out)
+        .returning(
+            _images.c.status, _images.c.bytes_in, _images.c.bytes_out, _images.c.kept_original
+        )
     )
 
 
@@ -714,7 +752,7 @@ async def record_results(
 ) -> None:
     """Record outcomes for images and their duplicates; recording twice changes nothing."""
     connection = await session.connection()
-    done = failed = bytes_in = bytes_out = 0
+    done = failed = kept = bytes_in = bytes_out = 0
     for start in range(0, len(results), _RECORD_CHUNK):
         chunk = results[start : start + _RECORD_CHUNK]
         changed = await connection.execute(
@@ -722,9 +760,10 @@ async def record_results(
         )
         # Counted from the rows the statement changed, not from the results: a row recorded
         # already (a redelivery, a second finisher) is not pending, so it moves no counter.
-        for status, row_bytes_in, row_bytes_out in changed:
+        for status, row_bytes_in, row_bytes_out, kept_original in changed:
             if status == ImageStatus.DONE:
                 done += 1
+                kept += bool(kept_original)
                 bytes_in += row_bytes_in or 0
                 bytes_out += row_bytes_out or 0
             else:
@@ -736,6 +775,7 @@ async def record_results(
                 "a_request": request_id,
                 "a_done": done,
                 "a_failed": failed,
+                "a_kept": kept,
                 "a_bytes_in": bytes_in,
                 "a_bytes_out": bytes_out,
                 "a_now": now,
@@ -749,6 +789,7 @@ _ADD_COUNTS = (
     .values(
         done_images=_requests.c.done_images + bindparam("a_done", type_=Integer),
         failed_images=_requests.c.failed_images + bindparam("a_failed", type_=Integer),
+        kept_images=_requests.c.kept_images + bindparam("a_kept", type_=Integer),
         bytes_in=_requests.c.bytes_in + bindparam("a_bytes_in", type_=BigInteger),
         bytes_out=_requests.c.bytes_out + bindparam("a_bytes_out", type_=BigInteger),
         updated_at=bindparam("a_now"),
@@ -818,15 +859,15 @@ async def release_stale_claims(
     if not ids_by_request:
         return []
     requests = await session.execute(
-        select(Request.id, Request.quality).where(Request.id.in_(ids_by_request))
+        select(Request.id, Request.quality, Request.effort).where(Request.id.in_(ids_by_request))
     )
-    qualities = {request_id: quality for request_id, quality in requests}
+    options = {request_id: (quality, effort) for request_id, quality, effort in requests}
     batches = []
     for request_id, ids in ids_by_request.items():
         ids.sort()
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
-            batches.append(Batch(request_id, chunk[0], chunk[-1], qualities[request_id]))
+            batches.append(Batch(request_id, chunk[0], chunk[-1], *options[request_id]))
     return batches
 
 

@@ -36,6 +36,7 @@ class Progress(BaseModel):
     total: int
     done: int
     failed: int
+    kept_original: int  # of the done: the input kept as it was (without metadata), not larger
     percent: float
 
 
@@ -45,6 +46,15 @@ class ImageError(BaseModel):
     url: str
     code: str
     message: str
+
+
+class KeptOriginal(BaseModel):
+    """An image whose output is its input's own bytes, without metadata: the input was a JPEG
+    already upright and sRGB, and re-encoding it would not have made it smaller."""
+
+    row: str  # the product's S. No. as written in the input
+    product_name: str
+    url: str
 
 
 class WebhookAttemptInfo(BaseModel):
@@ -82,10 +92,14 @@ class Status(Figures):
     request_id: uuid.UUID
     status: str
     error: str | None = None  # why a `failed` request could not be processed at all
+    quality: int  # JPEG quality: the look of standard libjpeg at this quality
+    effort: str  # balanced | max
     progress: Progress
     output_csv_url: str | None
     errors: list[ImageError]
     errors_truncated: bool
+    kept_originals: list[KeptOriginal]  # the first of them, in input order
+    kept_originals_truncated: bool
     webhook: WebhookState | None
     created_at: datetime
     updated_at: datetime
@@ -123,6 +137,7 @@ class ImageInfo(BaseModel):
     bytes_out: int | None
     width: int | None
     height: int | None
+    kept_original: bool  # the output is the input's own bytes: re-encoding would not shrink it
     error_code: str | None
     error_message: str | None
 

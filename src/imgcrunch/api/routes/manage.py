@@ -84,6 +84,7 @@ async def list_images(
             bytes_out=image.bytes_out,
             width=image.width,
             height=image.height,
+            kept_original=image.kept_original,
             error_code=image.error_code,
             error_message=image.error_message,
         )

@@ -15,6 +15,7 @@ from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import (
     ErrorBody,
     ImageError,
+    KeptOriginal,
     Progress,
     Status,
     WebhookAttemptInfo,
@@ -48,11 +49,18 @@ async def status(
         if request.failed_images and limit
         else []
     )
+    kept = (
+        await repository.kept_images(session, request_id, limit=limit)
+        if request.kept_images and limit
+        else []
+    )
     webhook = await webhook_state(session, request) if request.webhook_url else None
     return Status(
         request_id=request.id,
         status=request.status,
         error=request.error,
+        quality=request.quality,
+        effort=request.effort,
         progress=Progress.model_validate(request.progress()),
         **figures(request, now=utcnow()),
         output_csv_url=download_url(request, settings),
@@ -67,6 +75,11 @@ async def status(
             for image in failed
         ],
         errors_truncated=request.failed_images > len(failed),
+        kept_originals=[
+            KeptOriginal(row=image.row_number, product_name=image.product_name, url=image.url)
+            for image in kept
+        ],
+        kept_originals_truncated=request.kept_images > len(kept),
         webhook=webhook,
         created_at=request.created_at,
         updated_at=request.updated_at,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from imgcrunch import csvio, pipeline, repository
 from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import Accepted, ErrorBody
+from imgcrunch.codec import Effort
 from imgcrunch.fetcher import AddressGuard, FetchError, check_url, is_http_url
 
 router = APIRouter(tags=["requests"])
@@ -20,10 +21,12 @@ _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get t
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 413, 422, 429)
 }
+_FIELDS = ("file", "webhook_url", "quality", "effort")
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
 async def upload(
+    request: Request,
     owner: OwnerDep,
     services: ServicesDep,
     session: SessionDep,
@@ -33,9 +36,23 @@ async def upload(
         str | None, Form(description="called with a JSON POST when the request is done")
     ] = None,
     quality: Annotated[
-        int | None, Form(ge=1, le=100, description="JPEG quality; default from the server")
+        int | None,
+        Form(
+            ge=1,
+            le=100,
+            description="JPEG quality: the look of standard libjpeg at this quality, whatever "
+            "the effort (IMGCRUNCH_JPEG_QUALITY by default)",
+        ),
+    ] = None,
+    effort: Annotated[
+        Effort | None,
+        Form(
+            description="balanced: fewer bytes than standard libjpeg, for less CPU; max: the "
+            "fewest bytes, for about four times balanced's CPU (IMGCRUNCH_JPEG_EFFORT by default)"
+        ),
     ] = None,
 ) -> Accepted:
+    await _refuse_unknown_fields(request)
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
@@ -55,6 +72,7 @@ async def upload(
         data,
         parsed,
         quality=quality or settings.jpeg_quality,
+        effort=effort or Effort(settings.jpeg_effort),
         webhook_url=webhook,
         owner=owner,
     )
@@ -65,6 +83,20 @@ async def upload(
         status_url=f"{settings.public_base_url}/status/{request_id}",
         total_images=parsed.image_count,
     )
+
+
+async def _refuse_unknown_fields(request: Request) -> None:
+    """A misspelt field (`qualty=30`) would otherwise be ignored without a word, and the
+    request run with the defaults. (The form is parsed already; this reads it again, cached.)"""
+    unknown = [name for name in dict.fromkeys((await request.form()).keys()) if name not in _FIELDS]
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_field",
+            f"unknown form field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+            f"POST /upload takes {', '.join(_FIELDS)}",
+            [{"field": name, "reason": "not a field of POST /upload"} for name in unknown],
+        )
 
 
 async def _refuse_when_full(session: SessionDep, settings: SettingsDep, owner: str | None) -> None:

@@ -84,6 +84,7 @@ function progressBar(request) {
 function figures(request) {
   const p = request.progress;
   const parts = [`${p.done} of ${p.total} done`, `${p.failed} failed`];
+  if (p.kept_original) parts.push(`${p.kept_original} kept as they were`);
   if (request.savings_percent !== null) parts.push(`${request.savings_percent}% saved`);
   parts.push(`${size(request.bytes_in)} → ${size(request.bytes_out)}`);
   if (request.images_per_second) parts.push(`${request.images_per_second} images/s`);
@@ -142,7 +143,9 @@ async function upload(event) {
   const form = event.target;
   const message = document.getElementById("upload-message");
   const data = new FormData(form);
-  if (!data.get("webhook_url")) data.delete("webhook_url");
+  for (const name of ["webhook_url", "quality", "effort"]) {
+    if (!data.get(name)) data.delete(name);
+  }
   showMessage(message, "Uploading…");
   try {
     const body = await (await api("/upload", { method: "POST", body: data })).json();
@@ -164,7 +167,8 @@ function imageRow(image) {
   let result;
   if (image.status === "done") {
     const saved = image.bytes_in ? Math.round(100 * (1 - image.bytes_out / image.bytes_in)) : 0;
-    result = el("span", { text: `${saved}% smaller` });
+    const kept = image.kept_original ? ": original kept, without metadata (re-encoding would not shrink it)" : "";
+    result = el("span", { text: `${saved}% smaller${kept}` });
   } else if (image.status === "failed") {
     result = el("span", { class: "error-text", text: `${image.error_code}: ${image.error_message}` });
   } else {
@@ -199,7 +203,8 @@ async function refreshRequest(requestId) {
     const status = await (await api(`/status/${requestId}`)).json();
     document.getElementById("request-title").textContent = `Request ${requestId}`;
     const statusLine = el("p", {}, "Status: ", el("span", { class: `status ${status.status}`, text: status.status.replaceAll("_", " ") }));
-    const parts = [statusLine, progressBar(status), figures(status)];
+    const options = el("p", { class: "figures", text: `quality ${status.quality} · effort ${status.effort}` });
+    const parts = [statusLine, progressBar(status), figures(status), options];
     if (status.error) parts.push(el("p", { class: "error-text", text: status.error }));
     document.getElementById("request-summary").replaceChildren(...parts);
     document.getElementById("download").disabled = !status.output_csv_url;
