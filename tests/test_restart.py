@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,6 +87,33 @@ def test_sigkill_mid_request_then_restart_finishes_every_image_once(
 
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)
+
+
+def codec_workers(service: Service) -> list[int]:
+    """The server's codec worker processes: its children other than multiprocessing's helper."""
+    assert service.process is not None
+    children = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+    workers = []
+    for child in children.read_text().split():
+        command = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"resource_tracker" not in command:
+            workers.append(int(child))
+    return workers
+
+
+def test_a_codec_worker_killed_mid_request_fails_no_image(
+    make_service: ServiceFactory, slow_origin: ImageServer
+) -> None:
+    # Killed as the OOM killer would kill it, or as libvips crashing on a hostile file would.
+    service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4", CPU_WORKERS="2")
+    request_id, urls = upload_many(service, slow_origin, "worker")
+    wait_for_progress(service, request_id, at_least=5)
+    workers = codec_workers(service)
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    assert_every_image_exactly_once(service, request_id, urls)
+    assert workers[0] not in codec_workers(service)  # replaced
+    assert "a codec worker process died" in service.log_path.read_text()
 
 
 @pytest.mark.parametrize("grace", ["10", "0"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from imgcrunch import storage as storage_module
 from imgcrunch.storage import LocalStorage, image_key, output_csv_key
 
 
@@ -65,3 +66,27 @@ def test_a_folder_removed_behind_its_back_is_made_again(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / ".partial")
     storage.put("images/r1/b.jpg", b"second")
     assert storage.get("images/r1/b.jpg") == b"second"
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_batch_written_without_waiting_is_synced_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    if not syncfs:  # as on a system without Linux's syncfs
+        monkeypatch.setattr(storage_module, "_SYNCFS", None)
+    storage = LocalStorage(tmp_path)
+    keys = [f"images/r1/{n}.jpg" for n in range(5)] + ["images/r2/0.jpg"]
+    for n, key in enumerate(keys):
+        storage.put(key, f"image {n}".encode(), durable=False)
+    storage.sync(keys)
+    storage.sync([])
+    assert [storage.get(key) for key in keys] == [f"image {n}".encode() for n in range(6)]
+    assert list((tmp_path / ".partial").iterdir()) == []
+
+
+def test_syncing_a_key_never_written_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_module, "_SYNCFS", None)
+    with pytest.raises(FileNotFoundError):
+        LocalStorage(tmp_path).sync(["images/r1/missing.jpg"])

@@ -132,7 +132,10 @@ class WorkerRuntime:
     async def _open(self, codec_threads: int) -> Runtime:
         sessions = await self._stack.enter_async_context(open_sessions(self.settings))
         return await self._stack.enter_async_context(
-            open_runtime(self.settings, sessions, codec_threads=codec_threads)
+            # Threads: a prefork pool process may not have children (see codec_pool).
+            open_runtime(
+                self.settings, sessions, codec_workers=codec_threads, codec_processes=False
+            )
         )
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:

@@ -201,6 +201,10 @@ class CodecError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[CodecError], tuple[str, str]]:
+        # It travels back from a codec worker process, pickled.
+        return (CodecError, (self.code, self.message))
+
 
 def configure(*, concurrency: int = 1) -> None:
     """Process-wide libvips set-up; safe to call again (the last concurrency wins)."""

@@ -89,7 +89,7 @@ async def _process(
     threads = settings.cpu_workers
     async with (
         open_sessions(settings) as sessions,
-        open_runtime(settings, sessions, codec_threads=threads) as runtime,
+        open_runtime(settings, sessions, codec_workers=threads, codec_processes=True) as runtime,
     ):
         async with sessions() as session:
             request_id = await accept(

@@ -7,17 +7,17 @@ import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
+from imgcrunch.codec_pool import CodecPool, encode_and_store
 from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher, FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
-from imgcrunch.storage import Storage, image_key, input_csv_key, output_csv_key
+from imgcrunch.storage import Storage, input_csv_key, output_csv_key
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -78,15 +78,6 @@ class Sweep:
     uningested: list[uuid.UUID]  # requests whose rows were never stored: ingest them again
 
 
-@dataclass(frozen=True, slots=True)
-class _Encoded:
-    key: str
-    data: bytes
-    width: int
-    height: int
-    kept_original: bool
-
-
 class Pipeline:
     def __init__(
         self,
@@ -94,7 +85,7 @@ class Pipeline:
         sessions: SessionFactory,
         fetcher: Fetcher,
         storage: Storage,
-        codec_pool: Executor,
+        codec_pool: CodecPool,
         options: PipelineOptions,
         worker_id: str,
     ) -> None:
@@ -199,6 +190,10 @@ class Pipeline:
                 *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
             )
             _count(results)
+            # The files were written without waiting for the disk; they are made durable here,
+            # all at once, before the database says they exist.
+            written = [result.output_key for result in results if result.output_key]
+            await asyncio.to_thread(self.storage.sync, written)
             async with self.sessions.begin() as session:
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
                 if not await repository.is_complete(session, batch.request_id):
@@ -230,10 +225,10 @@ class Pipeline:
         try:
             if request_id in self._cancelled:
                 return _cancelled(image)
-            loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(
-                self.codec_pool, _encode_and_store, self.storage, request_id, data, options
+            encoded = await self.codec_pool.run(
+                encode_and_store, self.storage, request_id, data, options
             )
+            metrics.CODEC_SECONDS.observe(encoded.seconds)
         except Exception as exc:
             return _failure(request_id, image, exc)
         finally:
@@ -242,7 +237,7 @@ class Pipeline:
             image_id=image.id,
             output_key=encoded.key,
             bytes_in=len(data),
-            bytes_out=len(encoded.data),
+            bytes_out=encoded.size,
             width=encoded.width,
             height=encoded.height,
             kept_original=encoded.kept_original,
@@ -333,23 +328,6 @@ class Pipeline:
 
     def _url(self, key: str) -> str:
         return f"{self.options.public_base_url}/{key}"
-
-
-def _encode_and_store(
-    storage: Storage, request_id: uuid.UUID, data: bytes, options: codec.CodecOptions
-) -> _Encoded:
-    """Runs in the codec pool: compress, hash and store in one go.
-
-    Writing from the same thread saves a hand-off to another thread and back per image, which
-    costs the event loop more than the write itself (bench/README.md).
-    """
-    with metrics.CODEC_SECONDS.time():
-        compressed = codec.compress(data, options)
-        key = image_key(request_id, compressed.data, compressed.extension)
-        storage.put(key, compressed.data)
-    return _Encoded(
-        key, compressed.data, compressed.width, compressed.height, compressed.kept_original
-    )
 
 
 def _count(results: Sequence[ImageResult]) -> None:

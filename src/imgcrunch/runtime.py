@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from imgcrunch import codec
+from imgcrunch.codec_pool import CodecPool
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
 from imgcrunch.fetcher import AddressGuard, Fetcher, FetchLimits
@@ -52,11 +52,12 @@ async def open_sessions(settings: Settings) -> AsyncIterator[SessionFactory]:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, sessions: SessionFactory, *, codec_threads: int
+    settings: Settings, sessions: SessionFactory, *, codec_workers: int, codec_processes: bool
 ) -> AsyncIterator[Runtime]:
+    """`codec_processes`: compress in worker processes (see codec_pool), else in threads."""
     storage = LocalStorage(settings.storage_root)
-    codec.configure(concurrency=1)  # parallel across images, one thread each, not within one
-    codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="imgcrunch-codec")
+    codec.configure(concurrency=1)  # parallel across images, one worker each, not within one
+    codec_pool = CodecPool(workers=codec_workers, processes=codec_processes)
     guard = address_guard(settings)
     fetcher = Fetcher(
         FetchLimits(
@@ -98,4 +99,4 @@ async def open_runtime(
     finally:
         await fetcher.aclose()
         await deliverer.aclose()
-        codec_pool.shutdown(wait=True, cancel_futures=True)
+        codec_pool.shutdown()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Protocol, cast
 
 
 class Storage(Protocol):
@@ -20,7 +22,12 @@ class Storage(Protocol):
     disk or a mounted shared folder is; a slow remote store would leave that core idle.
     """
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store `data` at `key`, atomically: a reader sees all of it or none. With
+        `durable=False` it may not survive a crash of the machine until `sync` is called."""
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make what `put(durable=False)` stored at these keys survive a crash of the machine."""
 
     def get(self, key: str) -> bytes: ...
 
@@ -60,7 +67,7 @@ class LocalStorage:
             raise ValueError(f"invalid storage key {key!r}")
         return self.root.joinpath(*relative.parts)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
@@ -68,12 +75,28 @@ class LocalStorage:
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+                if durable:
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+        if durable:
+            _fsync_folder(target.parent)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """One flush of the whole file system where Linux has `syncfs`, instead of an fsync per
+        file: a batch's images cost one journal commit, not one each (2 ms apiece here)."""
+        paths = [self.path(key) for key in keys]
+        if not paths:
+            return
+        if _syncfs(self.root):
+            return
+        for path in paths:
+            _fsync_path(path)
+        for folder in {path.parent for path in paths}:
+            _fsync_folder(folder)
 
     def get(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -97,3 +120,44 @@ class LocalStorage:
                     temp.unlink()
                     removed += 1
         return removed
+
+
+def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """A rename survives a crash once its folder is synced too."""
+    with contextlib.suppress(OSError):  # not every OS opens folders (Windows)
+        _fsync_path(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux
+        return None
+    syncfs.argtypes = (ctypes.c_int,)
+    syncfs.restype = ctypes.c_int
+    return cast(Callable[[int], int], syncfs)
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def _syncfs(root: Path) -> bool:
+    """Flush every file of the file system that holds `root`; False where that is not possible."""
+    if _SYNCFS is None:
+        return False
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _SYNCFS(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs: {os.strerror(error)}", str(root))
+    finally:
+        os.close(fd)
+    return True

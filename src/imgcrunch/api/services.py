@@ -58,7 +58,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
 async def _inline_dispatcher(
     settings: Settings, sessions: SessionFactory
 ) -> AsyncIterator[InlineDispatcher]:
-    async with open_runtime(settings, sessions, codec_threads=settings.cpu_workers) as runtime:
+    async with open_runtime(
+        settings, sessions, codec_workers=settings.cpu_workers, codec_processes=True
+    ) as runtime:
         # Embedded mode is the only writer: a temp file found now belongs to a killed process.
         runtime.storage.remove_partial_writes()
         yield InlineDispatcher.for_settings(runtime.pipeline, runtime.deliverer, sessions, settings)
