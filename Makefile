@@ -35,6 +35,7 @@ test: lint
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/scale_out.py
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/operate.py

@@ -27,7 +27,7 @@ from throughput import (
     build_csv,
     load_photos,
     running_service,
-    status_kib,
+    tree_status_kib,
     upload,
     wait_until_completed,
     write_json,
@@ -82,7 +82,7 @@ def run_soak(origin: Origin, images: int) -> Soak:
 
         def sample() -> None:
             while not done.wait(SAMPLE_SECONDS):
-                rss = status_kib(service.pid, "VmRSS") or 0
+                rss = tree_status_kib(service.pid, "VmRSS") or 0
                 soak.samples.append((time.time() - sent.sent_at, finished[0], rss / 1024))
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -96,7 +96,7 @@ def run_soak(origin: Origin, images: int) -> Soak:
         done.set()
         sampler.join()
         soak.seconds = time.time() - sent.sent_at
-        soak.peak_rss_mib = (status_kib(service.pid, "VmHWM") or 0) / 1024
+        soak.peak_rss_mib = (tree_status_kib(service.pid, "VmHWM") or 0) / 1024
         if status["status"] != "completed":
             raise BenchError(f"soak request ended {status['status']}: {status['progress']}")
     return soak

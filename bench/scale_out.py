@@ -50,6 +50,7 @@ from throughput import (
     photo_sizes,
     run_end_to_end,
     summarise,
+    tree_cpu_seconds,
     upload,
     wait_until_completed,
     write_json,
@@ -111,15 +112,6 @@ def fresh_key_prefix() -> Iterator[str]:
 
 
 # --- the deployment -----------------------------------------------------------------------------
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and its live descendants (a Celery worker and its pool)."""
-    total = cpu_seconds(pid)
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        for child in children.read().split():
-            total += tree_cpu_seconds(int(child))
-    return total
 
 
 @dataclass
