@@ -133,3 +133,19 @@ def _without_app0(jpeg: bytes) -> bytes:
         return jpeg
     length = int.from_bytes(jpeg[4:6], "big")
     return jpeg[:2] + jpeg[4 + length :]
+
+
+def test_at_most_says_whether_the_picture_would_be_small_enough() -> None:
+    tagged = with_metadata(small_photo())
+    picture = without_metadata(tagged)
+    assert picture is not None
+    assert without_metadata(tagged, at_most=len(picture)) == picture
+    assert without_metadata(tagged, at_most=len(picture) - 1) is None
+
+
+def test_a_second_picture_after_the_first_is_counted_out(plain: bytes) -> None:
+    # An MPF segment says a second picture (a gain map) follows: its bytes do not count.
+    mpf = segment(0xE2, b"MPF\x00" + b"\x00" * 40)
+    gain_map = b"\xff\xd8" + b"g" * 5000 + b"\xff\xd9"
+    data = after_soi(plain, mpf) + gain_map
+    assert without_metadata(data, at_most=len(plain)) == plain

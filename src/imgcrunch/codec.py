@@ -313,9 +313,10 @@ def _compress(data: bytes, options: CodecOptions) -> Compressed:
     save = _encoders[options.effort].save_options(options.quality, grey=header.bands < 3)
     encoded = image.jpegsave_buffer(**save)
     width, height = image.width, image.height
-    original = jpegfile.without_metadata(data) if _meets_policy(header) else None
-    if original is not None and len(original) <= len(encoded):
-        return Compressed(original, width, height, kept_original=True)
+    if _meets_policy(header):
+        original = jpegfile.without_metadata(data, at_most=len(encoded))
+        if original is not None:
+            return Compressed(original, width, height, kept_original=True)
     return Compressed(data=bytes(encoded), width=width, height=height)
 
 
