@@ -81,9 +81,15 @@ def test_sigkill_mid_request_then_restart_finishes_every_image_once(
     service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4")
     request_id, urls = upload_many(service, slow_origin, "kill")
     done_before = wait_for_progress(service, request_id, at_least=5)
+    workers = codec_workers(service)
+    assert workers
     service.signal(signal.SIGKILL)
     service.wait()
     assert done_before < IMAGES
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):  # orphans go by themselves
+        assert time.monotonic() < deadline, "the killed server's codec workers live on"
+        time.sleep(0.1)
 
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ATTEMPTS = 3  # runs of one call that may end with its worker process dead
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 class CodecCrashed(Exception):
@@ -116,4 +119,15 @@ class CodecPool:
 def _start_worker() -> None:
     # Ctrl-C reaches the whole process group; the server decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
+    ).start()
     codec.configure(concurrency=1)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A worker outlives a server killed with SIGKILL: its queue's pipe never closes (the
+    worker holds both ends), so it would wait for work for ever. It goes when it is orphaned."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
