@@ -1,7 +1,8 @@
 """Bytes in, compressed JPEG bytes out, with the image policy of DESIGN.md; no I/O.
 
-Called from a thread pool, one image per thread: libvips is thread-safe and releases the GIL
-while it works, so the only shared state here is the one-time process set-up in `configure`.
+Called by codec_pool's workers (processes, or threads), one image at a time each: libvips is
+thread-safe and releases the GIL while it works, so the only shared state here is the one-time
+process set-up in `configure`.
 
 `quality` means what it means to libjpeg users: the look of standard libjpeg quality N. Each
 effort level encodes with its own quantisation tables and options, at the Q that gives that
