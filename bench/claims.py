@@ -1,11 +1,13 @@
-"""What fair share costs a scale-out worker: the time to claim a batch, on PostgreSQL.
+"""What the one work loop's claim costs, on SQLite (embedded mode) and PostgreSQL (scale-out).
 
-A worker claims "the next batch of the request that has waited longest" (fair share,
-`repository.claim_next_batch`). Before fair share, it was handed a named batch of image ids and
-only claimed it (`repository.claim_images`), after the ingest had paged through the request to
-name the batches. This times both, in turns, on requests of the same size in fresh databases;
-each claimed batch is then marked done, as the worker would, so later claims meet the same
-table a real run leaves. Run by `make bench`, or `.venv/bin/python bench/claims.py`.
+Both modes claim "the next batch of the request that has waited longest" (fair share,
+`repository.claim_next_batch`). This times it, in turns on the two databases, on requests of
+the same size in fresh databases; each claimed batch is then marked done, as a worker would,
+so later claims meet the same table a real run leaves. Set against the codec's milliseconds
+per image, it says whether claiming can lower throughput. Run by `make bench`, or
+`.venv/bin/python bench/claims.py`. (Before one work loop, embedded mode claimed batches of ids
+named by paging through the request, and scale-out before fair share did the same; those
+figures are in bench/README.md.)
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -25,7 +29,7 @@ from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, ImageStatus, utcnow
-from imgcrunch.repository import Batch, ClaimedImage, NewRequest
+from imgcrunch.repository import ClaimedImage, NewRequest
 from scale_out import check_servers, fresh_database
 from throughput import BenchError
 
@@ -58,31 +62,6 @@ async def _store_requests(sessions: SessionFactory, images: int) -> list[uuid.UU
     return request_ids
 
 
-async def _named_batches(sessions: SessionFactory, request_ids: list[uuid.UUID]) -> list[Batch]:
-    """The batches an ingest used to name, a request after the other (the queue's order)."""
-    batches = []
-    for request_id in request_ids:
-        after_id = 0
-        while True:
-            async with sessions() as session:
-                batch = await repository.next_batch(
-                    session, request_id, after_id=after_id, size=BATCH
-                )
-            if batch is None:
-                break
-            batches.append(batch)
-            after_id = batch.last_id
-    return batches
-
-
-async def _claim_named(sessions: SessionFactory, batch: Batch) -> list[ClaimedImage]:
-    now = utcnow()
-    async with sessions.begin() as session:
-        return await repository.claim_images(
-            session, batch, worker="bench", now=now, stale_before=now - timedelta(seconds=60)
-        )
-
-
 async def _claim_next(sessions: SessionFactory) -> list[ClaimedImage]:
     now = utcnow()
     async with sessions.begin() as session:
@@ -101,28 +80,33 @@ async def _mark_done(sessions: SessionFactory, images: list[ClaimedImage]) -> No
         )
 
 
-async def _time_claims(database_url: str, mode: str, claims: int, images: int) -> float:
-    """Median seconds per claim of `mode` ("named" or "next")."""
+async def _time_claims(database_url: str, claims: int, images: int) -> float:
+    """Median seconds per claim."""
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
         sessions = session_factory(engine)
-        request_ids = await _store_requests(sessions, images)
-        named = iter(await _named_batches(sessions, request_ids))
+        await _store_requests(sessions, images)
         timings = []
         for _ in range(claims):
             started = time.perf_counter()
-            if mode == "named":
-                claimed = await _claim_named(sessions, next(named))
-            else:
-                claimed = await _claim_next(sessions)
+            claimed = await _claim_next(sessions)
             timings.append(time.perf_counter() - started)
             if len(claimed) != BATCH:
-                raise BenchError(f"a {mode} claim took {len(claimed)} images, not {BATCH}")
+                raise BenchError(f"a claim took {len(claimed)} images, not {BATCH}")
             await _mark_done(sessions, claimed)
         return statistics.median(timings)
     finally:
         await engine.dispose()
+
+
+@contextmanager
+def fresh_sqlite() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="imgcrunch-claims-") as folder:
+        yield f"sqlite+aiosqlite:///{folder}/imgcrunch.db"
+
+
+DATABASES = {"SQLite": fresh_sqlite, "PostgreSQL": fresh_database}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,21 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.claims * BATCH > REQUESTS * args.images:
         parser.error("more claims than the requests have batches")
-    medians: dict[str, list[float]] = {"named": [], "next": []}
+    medians: dict[str, list[float]] = {name: [] for name in DATABASES}
     try:
         check_servers()
         for _ in range(args.rounds):
-            for mode, timings in medians.items():
-                with fresh_database() as url:
-                    timings.append(asyncio.run(_time_claims(url, mode, args.claims, args.images)))
+            for name, fresh in DATABASES.items():
+                with fresh() as url:
+                    medians[name].append(asyncio.run(_time_claims(url, args.claims, args.images)))
     except BenchError as error:
         print(f"bench failed: {error}", file=sys.stderr)
         return 2
-    named, fair = (statistics.median(medians[mode]) * 1000 for mode in ("named", "next"))
-    print(f"claiming a batch of {BATCH} on PostgreSQL, {REQUESTS} requests active (median):")
-    print(f"  named batch (before fair share): {named:.2f} ms")
-    print(f"  next batch of the longest-waiting request: {fair:.2f} ms")
-    print(f"  fair share costs {(fair - named) / BATCH:+.3f} ms per image")
+    print(f"claiming the next batch of {BATCH}, {REQUESTS} requests active (median):")
+    for name, timings in medians.items():
+        per_batch = statistics.median(timings) * 1000
+        print(f"  {name:<10}: {per_batch:.2f} ms a batch, {per_batch / BATCH:.3f} ms an image")
     return 0
 
 

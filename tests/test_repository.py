@@ -14,7 +14,7 @@ from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, Request, RequestStatus, WebhookDelivery, utcnow
-from imgcrunch.repository import Batch, Claim, ImageResult, NewEvent, NewRequest
+from imgcrunch.repository import Claim, ImageResult, NewEvent, NewRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -48,22 +48,14 @@ async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
     return request_id
 
 
-async def whole_batch(sessions: SessionFactory, request_id: uuid.UUID) -> Batch:
-    async with sessions() as session:
-        batch = await repository.next_batch(session, request_id, after_id=0, size=1000)
-    assert batch is not None
-    return batch
-
-
-async def claim(
-    sessions: SessionFactory, batch: Batch, worker: str, *, age: float = 0
-) -> list[int]:
+async def claim(sessions: SessionFactory, worker: str, *, age: float = 0) -> list[int]:
+    """What the one work loop claims: the next batch of the request that waited longest."""
     now = utcnow() + timedelta(seconds=age)
     async with sessions.begin() as session:
-        claimed = await repository.claim_images(
-            session, batch, worker=worker, now=now, stale_before=now - timedelta(seconds=60)
+        claimed = await repository.claim_next_batch(
+            session, size=1000, worker=worker, now=now, stale_before=now - timedelta(seconds=60)
         )
-    return [image.id for image in claimed]
+    return [image.id for image in claimed.images] if claimed else []
 
 
 async def test_a_request_is_stored_whole(sessions: SessionFactory) -> None:
@@ -97,7 +89,7 @@ async def test_rows_are_stored_once_however_often_ingested(sessions: SessionFact
 
 async def test_a_repeated_url_is_one_unit_of_work(sessions: SessionFactory) -> None:
     request_id = await create(sessions, row(2, "http://a/1", "http://a/1"), row(3, "http://a/1"))
-    claimed = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    claimed = await claim(sessions, "w1")
     assert len(claimed) == 1
     async with sessions.begin() as session:
         await repository.record_results(
@@ -113,14 +105,17 @@ async def test_a_repeated_url_is_one_unit_of_work(sessions: SessionFactory) -> N
         assert await repository.is_complete(session, request_id)
 
 
-async def test_a_live_claim_is_not_taken_twice_but_a_stale_one_is(
+async def test_a_live_claim_is_not_taken_twice_and_a_stale_one_comes_back_through_the_sweep(
     sessions: SessionFactory,
 ) -> None:
     request_id = await create(sessions, row(2, "http://a/1", "http://a/2"))
-    batch = await whole_batch(sessions, request_id)
-    assert len(await claim(sessions, batch, "w1")) == 2
-    assert await claim(sessions, batch, "w2") == []
-    assert len(await claim(sessions, batch, "w3", age=61)) == 2  # w1's claim went stale
+    assert len(await claim(sessions, "w1")) == 2
+    assert await claim(sessions, "w2") == []
+    assert await claim(sessions, "w3", age=61) == []  # stale, but only the sweep takes it back
+    async with sessions.begin() as session:
+        stale_before = utcnow() + timedelta(seconds=1)
+        await repository.release_stale_claims(session, stale_before=stale_before, batch_size=32)
+    assert len(await claim(sessions, "w3", age=61)) == 2
     async with sessions() as session:
         request = await repository.get_request(session, request_id)
         attempts = (await session.execute(select(Image.attempts))).scalars().all()
@@ -169,7 +164,7 @@ async def test_workers_claiming_at_once_take_different_images(sessions: SessionF
 
 async def test_recording_a_result_twice_counts_it_once(sessions: SessionFactory) -> None:
     request_id = await create(sessions, row(2, "http://a/1", "http://a/2"))
-    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    ids = await claim(sessions, "w1")
     results = [
         ImageResult(image_id=ids[0], output_key="k", bytes_in=10, bytes_out=4),
         ImageResult(image_id=ids[1], error_code="http_error", error_message="HTTP 404"),
@@ -200,7 +195,7 @@ async def finish(sessions: SessionFactory, request_id: uuid.UUID, event_id: str)
 
 async def test_finishing_happens_once_with_one_outbox_event(sessions: SessionFactory) -> None:
     request_id = await create(sessions, row(2, "http://a/1"))
-    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    ids = await claim(sessions, "w1")
     assert not await finish(sessions, request_id, "msg_early")  # an image is still pending
     async with sessions.begin() as session:
         result = ImageResult(image_id=ids[0], output_key="k")
@@ -219,24 +214,22 @@ async def test_finishing_happens_once_with_one_outbox_event(sessions: SessionFac
 
 
 async def test_released_claims_are_claimable_at_once(sessions: SessionFactory) -> None:
-    request_id = await create(sessions, row(2, "http://a/1"), row(3, "http://a/2"))
-    batch = await whole_batch(sessions, request_id)
-    assert len(await claim(sessions, batch, "w1")) == 2
+    await create(sessions, row(2, "http://a/1"), row(3, "http://a/2"))
+    assert len(await claim(sessions, "w1")) == 2
     async with sessions.begin() as session:
         assert await repository.release_claims(session, worker="someone-else") == 0
         assert await repository.release_claims(session, worker="w1") == 2
-    assert len(await claim(sessions, batch, "w2")) == 2
+    assert len(await claim(sessions, "w2")) == 2
 
 
 async def test_batches_walk_the_pending_images_in_order(sessions: SessionFactory) -> None:
     request_id = await create(sessions, *(row(n, f"http://a/{n}") for n in range(2, 12)))
-    batches = []
-    after = 0
-    async with sessions() as session:
-        while batch := await repository.next_batch(session, request_id, after_id=after, size=4):
-            batches.append(batch)
-            after = batch.last_id
-    assert [b.last_id - b.first_id + 1 for b in batches] == [4, 4, 2]
+    claims = []
+    while (next_claim := await claim_next(sessions, "w", 4)) is not None:
+        claims.append([image.id for image in next_claim.images])
+    assert [len(ids) for ids in claims] == [4, 4, 2]
+    ids = [id_ for batch in claims for id_ in batch]
+    assert ids == sorted(ids)
     async with sessions() as session:
         assert await repository.unfinished_request_ids(session) == [request_id]
 
@@ -246,7 +239,7 @@ async def test_a_big_batch_is_recorded_whole_with_each_image_its_own_outcome(
 ) -> None:
     urls = [f"http://a/{n}" for n in range(70)]  # more than one statement's worth
     request_id = await create(sessions, row(2, *urls), row(3, urls[0], urls[69]))
-    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    ids = await claim(sessions, "w1")
     assert len(ids) == 70
     results = [
         ImageResult(image_id=id_, output_key=f"k{n}", bytes_in=100 + n, bytes_out=n)
@@ -278,10 +271,9 @@ async def test_only_stale_claims_are_released_as_batches_to_run_again(
     sessions: SessionFactory,
 ) -> None:
     request_id = await create(sessions, *(row(n, f"http://a/{n}") for n in range(2, 9)))
-    batch = await whole_batch(sessions, request_id)
-    dead = await claim(sessions, batch, "dead-worker", age=-120)  # claimed two minutes ago
-    other = await create(sessions, row(2, "http://b/1"))
-    live = await claim(sessions, await whole_batch(sessions, other), "live-worker")
+    dead = await claim(sessions, "dead-worker", age=-120)  # claimed two minutes ago
+    await create(sessions, row(2, "http://b/1"))
+    live = await claim(sessions, "live-worker")  # the other request's: the first one's are held
     stale_before = utcnow() - timedelta(seconds=60)
     async with sessions.begin() as session:
         batches = await repository.release_stale_claims(
@@ -298,8 +290,8 @@ async def test_only_stale_claims_are_released_as_batches_to_run_again(
             session, stale_before=stale_before, batch_size=3
         )
     assert again == []
-    assert await claim(sessions, batch, "new-worker") == dead
-    assert await claim(sessions, await whole_batch(sessions, other), "new-worker") == []
+    assert await claim(sessions, "new-worker") == dead
+    assert await claim(sessions, "new-worker") == []
     assert live
 
 
@@ -318,7 +310,7 @@ async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactor
             ),
         )
     recorded_not_finished = await create(sessions, row(2, "http://a/1"))
-    ids = await claim(sessions, await whole_batch(sessions, recorded_not_finished), "w1")
+    ids = await claim(sessions, "w1")
     async with sessions.begin() as session:
         result = ImageResult(image_id=ids[0], output_key="k")
         await repository.record_results(session, recorded_not_finished, [result], now=utcnow())
@@ -341,7 +333,7 @@ async def test_a_due_event_is_leased_to_one_caller_until_the_lease_ends(
     sessions: SessionFactory,
 ) -> None:
     request_id = await create(sessions, row(2, "http://a/1"))
-    ids = await claim(sessions, await whole_batch(sessions, request_id), "w1")
+    ids = await claim(sessions, "w1")
     async with sessions.begin() as session:
         result = ImageResult(image_id=ids[0], output_key="k")
         await repository.record_results(session, request_id, [result], now=utcnow())

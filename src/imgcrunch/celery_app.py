@@ -29,7 +29,6 @@ from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from imgcrunch.config import Settings
-from imgcrunch.repository import Batch
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ CONTROL_QUEUE = "imgcrunch-control"
 
 INGEST = "imgcrunch.ingest"
 PROCESS_NEXT = "imgcrunch.process_next"
-PROCESS_BATCH = "imgcrunch.process_batch"  # sent by versions before fair share; still run
 SWEEP = "imgcrunch.sweep"
 DELIVER = "imgcrunch.deliver_webhooks"
 
@@ -134,9 +132,17 @@ class WorkerRuntime:
         return await self._stack.enter_async_context(
             # Threads: a prefork pool process may not have children (see codec_pool).
             open_runtime(
-                self.settings, sessions, codec_workers=codec_threads, codec_processes=False
+                self.settings,
+                sessions,
+                codec_workers=codec_threads,
+                codec_processes=False,
+                on_finished=self._finished,
             )
         )
+
+    async def _finished(self, _request_id: uuid.UUID) -> None:
+        # The pipeline's finished hook: this worker sends the webhook events at once.
+        await _deliver(self)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -210,63 +216,20 @@ def ingest(task: Task, request_id: str) -> int:
 
 async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> int:
     pipeline = worker.runtime.pipeline
-    if not await pipeline.ingest(request_id):
-        await _deliver(worker)  # a request whose CSV could not be read has failed: say so
-        return 0
-    batches = await pipeline.unclaimed_batches(request_id, batch_size=worker.settings.batch_size)
-    if not batches and await pipeline.finalize_if_complete(request_id):
-        await _deliver(worker)  # every image was done before a restart: only this was left
-    return batches
+    await pipeline.resume(request_id)
+    return await pipeline.unclaimed_batches(request_id, batch_size=worker.settings.batch_size)
 
 
 @app.task(name=PROCESS_NEXT, bind=True)
 def process_next(task: Task) -> bool:
-    """Process the next batch of the request that has waited longest; True if it finished that
-    request (and its webhook was sent). A message that finds nothing left does nothing."""
+    """Run the one work loop once: process the next batch of the request that has waited
+    longest. False when a message finds nothing left to claim (it then does nothing)."""
     worker = worker_runtime()
     try:
-        return worker.run(_process_next(worker))
+        return worker.run(worker.runtime.pipeline.work_next(batch_size=worker.settings.batch_size))
     except TRANSIENT as exc:
         _retry_unless_exhausted(task, exc)
         raise
-
-
-async def _process_next(worker: WorkerRuntime) -> bool:
-    pipeline = worker.runtime.pipeline
-    claim = await pipeline.claim_next(batch_size=worker.settings.batch_size)
-    if claim is None:
-        return False
-    try:
-        finished = await pipeline.process_claimed(claim)
-    except TRANSIENT:
-        with contextlib.suppress(Exception):  # else its claims wait for the sweep
-            await pipeline.release(claim.batch)
-        raise
-    if finished:
-        await _deliver(worker)
-    return finished
-
-
-@app.task(name=PROCESS_BATCH, bind=True)
-def process_batch(task: Task, request_id: str, first_id: int, last_id: int, quality: int) -> bool:
-    """Process one given batch: messages queued by an earlier version, before an upgrade."""
-    worker = worker_runtime()
-    # Sent before effort levels existed: its request has the default effort in the database.
-    batch = Batch(uuid.UUID(request_id), first_id, last_id, quality, "balanced")
-    try:
-        return worker.run(_process_batch(worker, batch))
-    except TRANSIENT as exc:
-        with contextlib.suppress(Exception):  # else its claims wait for the sweep
-            worker.run(worker.runtime.pipeline.release(batch))
-        _retry_unless_exhausted(task, exc)
-        raise
-
-
-async def _process_batch(worker: WorkerRuntime, batch: Batch) -> bool:
-    finished = await worker.runtime.pipeline.process_batch(batch)
-    if finished:
-        await _deliver(worker)
-    return finished
 
 
 @app.task(name=DELIVER)

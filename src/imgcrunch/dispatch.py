@@ -10,21 +10,22 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgcrunch import repository
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.pipeline import Pipeline
-from imgcrunch.repository import Batch
 from imgcrunch.webhooks import Deliverer
 
 if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 5.0  # an idle lane looks for work this often, wake-up or not
+MAX_RETRY_SECONDS = 30.0
 
 
 class Dispatcher(Protocol):
@@ -41,17 +42,23 @@ class Dispatcher(Protocol):
     async def stop(self) -> None: ...
 
 
-@dataclass(slots=True)
-class _Feed:
-    batches: AsyncIterator[Batch]  # the request's pending images, a page at a time
-    sent: int = 0
+class WebhookNudge:
+    """Embedded mode's finished hook: wakes the webhook courier when a request has finished.
+    Made before the pipeline, which is given it, and handed to the dispatcher that waits on it."""
+
+    def __init__(self) -> None:
+        self.due = asyncio.Event()
+
+    async def __call__(self, _request_id: uuid.UUID) -> None:
+        self.due.set()
 
 
 class InlineDispatcher:
-    """Feeds batches of a request's pending images to a few lanes that run the pipeline.
+    """A few lanes in the API server, each running the one work loop (`Pipeline.work_next`)
+    until no request has an image left to claim, then waiting to be told of new work.
 
-    Every fact is in the database, so the in-memory queues may be lost at any moment: on start,
-    unfinished requests are picked up again and claims left by a killed process are released.
+    Every fact is in the database, so nothing here needs to survive: on start, claims left by a
+    killed process are released and unfinished requests are picked up again.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class InlineDispatcher:
         deliverer: Deliverer,
         *,
         sessions: SessionFactory,
+        nudge: WebhookNudge,
         lanes: int,
         batch_size: int,
         shutdown_grace: float,
@@ -72,22 +80,28 @@ class InlineDispatcher:
         self._batch_size = batch_size
         self._shutdown_grace = shutdown_grace
         self._webhook_poll = webhook_poll
-        self._requests: asyncio.Queue[uuid.UUID] = asyncio.Queue()
-        # Bounded: batches are produced only as fast as lanes take them, so memory stays flat.
-        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=lanes)
-        self._webhooks_due = asyncio.Event()
-        self._feeder: asyncio.Task[None] | None = None
+        self._requests: asyncio.Queue[uuid.UUID] = asyncio.Queue()  # to ingest, then claim from
+        self._work = asyncio.Event()  # something may have become claimable
+        self._webhooks_due = nudge.due
+        self._stopping = False
+        self._resumer: asyncio.Task[None] | None = None
         self._lanes: list[asyncio.Task[None]] = []
         self._courier: asyncio.Task[None] | None = None
 
     @classmethod
     def for_settings(
-        cls, pipeline: Pipeline, deliverer: Deliverer, sessions: SessionFactory, settings: Settings
+        cls,
+        pipeline: Pipeline,
+        deliverer: Deliverer,
+        sessions: SessionFactory,
+        settings: Settings,
+        nudge: WebhookNudge,
     ) -> InlineDispatcher:
         return cls(
             pipeline,
             deliverer,
             sessions=sessions,
+            nudge=nudge,
             # Enough batches in flight that one batch's tail never leaves a core idle.
             lanes=max(2, -(-settings.fetch_concurrency // settings.batch_size) + 1),
             batch_size=settings.batch_size,
@@ -105,7 +119,7 @@ class InlineDispatcher:
             )
         for request_id in unfinished:
             self.submit(request_id)
-        self._feeder = asyncio.create_task(self._feed(), name="imgcrunch-feeder")
+        self._resumer = asyncio.create_task(self._resume_submitted(), name="imgcrunch-resumer")
         self._lanes = [
             asyncio.create_task(self._run_lane(), name=f"imgcrunch-lane-{n}")
             for n in range(self._lane_count)
@@ -124,19 +138,17 @@ class InlineDispatcher:
 
     async def stop(self) -> None:
         """Take no new work, let in-flight batches finish within the grace, release the rest."""
-        for task in (self._feeder, self._courier):
+        self._stopping = True
+        self._work.set()  # idle lanes wake, and see they are to stop
+        for task in (self._resumer, self._courier):
             if task is not None:
                 task.cancel()
-        while not self._batches.empty():  # their images stay pending in the database
-            self._batches.get_nowait()
-        for _ in self._lanes:
-            self._batches.put_nowait(None)
         if self._lanes:
             _, late = await asyncio.wait(self._lanes, timeout=self._shutdown_grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*self._lanes, return_exceptions=True)
-        for task in (self._feeder, self._courier):
+        for task in (self._resumer, self._courier):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -145,63 +157,36 @@ class InlineDispatcher:
         if released:
             log.info("shutdown: released %d images for the next start", released)
 
-    async def _feed(self) -> None:
-        """Hand the lanes one batch of each active request in turn, so a request submitted
-        after a huge one starts at once instead of waiting for all of it (fair share)."""
-        active: dict[uuid.UUID, _Feed] = {}
+    async def _resume_submitted(self) -> None:
+        """Ingest each submitted request (once; a retried one is ingested already), then wake
+        the lanes: its images are claimable."""
         while True:
-            if not active:
-                await self._start_feeding(await self._requests.get(), active)
-            while not self._requests.empty():
-                await self._start_feeding(self._requests.get_nowait(), active)
-            for request_id, feed in list(active.items()):
-                try:
-                    batch = await anext(feed.batches, None)
-                except Exception:
-                    log.exception("could not schedule request %s", request_id)
-                    batch = None
-                if batch is None:
-                    del active[request_id]
-                    await self._finished_feeding(request_id, feed)
-                else:
-                    feed.sent += 1
-                    await self._batches.put(batch)
-
-    async def _start_feeding(self, request_id: uuid.UUID, active: dict[uuid.UUID, _Feed]) -> None:
-        try:
-            ingested = await self._pipeline.ingest(request_id)
-        except Exception:
-            log.exception("could not schedule request %s", request_id)
-            return
-        if not ingested:
-            self._webhooks_due.set()  # a request that could not be read has failed: say so
-            return
-        batches = self._pipeline.pending_batches(request_id, batch_size=self._batch_size)
-        # Submitted again while still being fed (a retry): page from the start again, as images
-        # behind the current page may be pending anew. A batch sent twice claims nothing twice.
-        earlier = active.pop(request_id, None)
-        active[request_id] = _Feed(batches, sent=earlier.sent if earlier else 0)
-
-    async def _finished_feeding(self, request_id: uuid.UUID, feed: _Feed) -> None:
-        if feed.sent:
-            return  # the lane that records the last of them finalises it
-        try:
-            if await self._pipeline.finalize_if_complete(request_id):
-                # Everything was processed before a restart, but it was not finalised.
-                self._webhooks_due.set()
-        except Exception:
-            log.exception("could not finalise request %s", request_id)
+            request_id = await self._requests.get()
+            try:
+                await self._pipeline.resume(request_id)
+            except Exception:
+                log.exception("could not schedule request %s", request_id)
+            self._work.set()
 
     async def _run_lane(self) -> None:
-        while (batch := await self._batches.get()) is not None:
+        failures = 0
+        while not self._stopping:
+            self._work.clear()  # before the claim: work made claimable after it wakes the wait
             try:
-                if await self._pipeline.process_batch(batch):
-                    self._webhooks_due.set()
+                worked = await self._pipeline.work_next(batch_size=self._batch_size)
             except Exception:
-                # Its claims hold until they go stale; then a fresh scan of the request re-runs it.
-                retry_in = self._pipeline.options.claim_timeout + 1
-                log.exception("batch %s failed; retrying in %.0f s", batch, retry_in)
-                asyncio.get_running_loop().call_later(retry_in, self.submit, batch.request_id)
+                # Its claims were released; the database is likely away. Try again, later.
+                failures += 1
+                retry_in = min(2.0**failures, MAX_RETRY_SECONDS)
+                log.exception("a batch failed; claiming again in %.0f s", retry_in)
+                await asyncio.sleep(retry_in)
+                continue
+            failures = 0
+            if not worked and not self._stopping:
+                # The database is the truth; the wake-up only saves waiting for this poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_POLL_SECONDS):
+                        await self._work.wait()
 
     async def _deliver_webhooks(self) -> None:
         """Deliver what is due, then sleep until the next retry is due or an event is made."""

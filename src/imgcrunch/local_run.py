@@ -20,7 +20,7 @@ from imgcrunch import csvio, progress, repository
 from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
-from imgcrunch.dispatch import InlineDispatcher
+from imgcrunch.dispatch import InlineDispatcher, WebhookNudge
 from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
 from imgcrunch.pipeline import accept
 from imgcrunch.runtime import open_runtime, open_sessions
@@ -87,9 +87,12 @@ async def _process(
 ) -> int:
     started = time.monotonic()
     threads = settings.cpu_workers
+    nudge = WebhookNudge()
     async with (
         open_sessions(settings) as sessions,
-        open_runtime(settings, sessions, codec_workers=threads, codec_processes=True) as runtime,
+        open_runtime(
+            settings, sessions, codec_workers=threads, codec_processes=True, on_finished=nudge
+        ) as runtime,
     ):
         async with sessions() as session:
             request_id = await accept(
@@ -101,7 +104,7 @@ async def _process(
                 effort=run.effort or Effort(settings.jpeg_effort),
             )
         dispatcher = InlineDispatcher.for_settings(
-            runtime.pipeline, runtime.deliverer, sessions, settings
+            runtime.pipeline, runtime.deliverer, sessions, settings, nudge
         )
         await dispatcher.start()
         try:

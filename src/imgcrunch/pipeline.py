@@ -1,12 +1,15 @@
-"""Processing a batch of images, and finalising a request. Knows nothing of FastAPI or Celery."""
+"""The one work loop: claim the next batch of the request that has waited longest, process it,
+record it; and finalising a request. Knows nothing of FastAPI or Celery: each mode runs
+`Pipeline.work_next` in its own loop and is told of a finished request through `on_finished`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -78,6 +81,15 @@ class Sweep:
     uningested: list[uuid.UUID]  # requests whose rows were never stored: ingest them again
 
 
+# Told of each request that has just finished (completed or failed), once: each mode has its
+# webhook events sent (embedded: wake the courier; scale-out: deliver from the worker).
+FinishedHook = Callable[[uuid.UUID], Awaitable[None]]
+
+
+async def _nobody_to_tell(_request_id: uuid.UUID) -> None:
+    return None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -88,6 +100,7 @@ class Pipeline:
         codec_pool: CodecPool,
         options: PipelineOptions,
         worker_id: str,
+        on_finished: FinishedHook = _nobody_to_tell,
     ) -> None:
         self.sessions = sessions
         self.fetcher = fetcher
@@ -95,6 +108,7 @@ class Pipeline:
         self.codec_pool = codec_pool
         self.options = options
         self.worker_id = worker_id
+        self._on_finished = on_finished
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._cancelled: set[uuid.UUID] = set()
 
@@ -127,6 +141,12 @@ class Pipeline:
             await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
         return True
 
+    async def resume(self, request_id: uuid.UUID) -> None:
+        """Make a request claimable: ingest it if need be, and finalise it if every image was
+        already done (before a restart) so no claim is left to do it."""
+        if await self.ingest(request_id):
+            await self.finalize_if_complete(request_id)
+
     async def _fail(self, request: Request, error: str) -> None:
         now = utcnow()
         event = None
@@ -136,25 +156,29 @@ class Pipeline:
             )
         async with self.sessions.begin() as session:
             await repository.fail_request(session, request.id, error=error, now=now, event=event)
+        await self._tell_finished(request.id)
 
-    async def pending_batches(
-        self, request_id: uuid.UUID, *, batch_size: int
-    ) -> AsyncIterator[Batch]:
-        """The request's pending images in batches of ids, read a page at a time."""
-        after_id = 0
-        while True:
-            async with self.sessions() as session:
-                batch = await repository.next_batch(
-                    session, request_id, after_id=after_id, size=batch_size
-                )
-            if batch is None:
-                return
-            yield batch
-            after_id = batch.last_id
+    async def _tell_finished(self, request_id: uuid.UUID) -> None:
+        try:
+            await self._on_finished(request_id)
+        except Exception:
+            # The webhook event is in the outbox already: the next delivery round sends it.
+            log.exception("request %s: could not hand on that it finished", request_id)
 
-    async def process_batch(self, batch: Batch) -> bool:
-        """Claim, process and record the batch's images; True if this call finished the request."""
-        return await self.process_claimed(Claim(batch, await self._claim(batch)))
+    async def work_next(self, *, batch_size: int) -> bool:
+        """The one work loop's step, the same in both modes: claim the next batch of the
+        request that has waited longest (fair share, in the database), process it, record it.
+        False when no request has an image left to claim."""
+        claim = await self.claim_next(batch_size=batch_size)
+        if claim is None:
+            return False
+        try:
+            await self.process_claimed(claim)
+        except Exception:
+            with contextlib.suppress(Exception):  # else its claims wait until they go stale
+                await self.release(claim.batch)
+            raise
+        return True
 
     async def claim_next(self, *, batch_size: int) -> Claim | None:
         """Claim a batch of the request that has waited longest for one (scale-out's fair
@@ -175,8 +199,8 @@ class Pipeline:
             count = await repository.unclaimed_image_count(session, request_id)
         return -(-count // batch_size)
 
-    async def process_claimed(self, claim: Claim) -> bool:
-        """Process and record claimed images; True if this call finished their request."""
+    async def process_claimed(self, claim: Claim) -> None:
+        """Process and record claimed images, and finalise their request after its last."""
         batch, claimed = claim.batch, claim.images
         logs.request_id.set(batch.request_id)  # this task's, and its images' tasks'
         if claimed:
@@ -197,20 +221,8 @@ class Pipeline:
             async with self.sessions.begin() as session:
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
                 if not await repository.is_complete(session, batch.request_id):
-                    return False  # the common case, answered without a session of its own
-        return await self.finalize_if_complete(batch.request_id)
-
-    async def _claim(self, batch: Batch) -> list[ClaimedImage]:
-        now = utcnow()
-        async with self.sessions.begin() as session:
-            claimed = await repository.claim_images(
-                session,
-                batch,
-                worker=self.worker_id,
-                now=now,
-                stale_before=now - timedelta(seconds=self.options.claim_timeout),
-            )
-        return claimed
+                    return  # the common case, answered without a session of its own
+        await self.finalize_if_complete(batch.request_id)
 
     async def _process_image(
         self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
@@ -321,6 +333,7 @@ class Pipeline:
             )
         if won:
             log.info("request %s %s", request_id, status)
+            await self._tell_finished(request_id)
         return won
 
     def download_url(self, request_id: uuid.UUID) -> str:

@@ -492,27 +492,6 @@ class Batch:
     effort: str
 
 
-async def next_batch(
-    session: AsyncSession, request_id: uuid.UUID, *, after_id: int, size: int
-) -> Batch | None:
-    result = await session.execute(
-        select(Image.id, Request.quality, Request.effort)
-        .join(Request, Request.id == Image.request_id)
-        .where(
-            Image.request_id == request_id,
-            Image.status == ImageStatus.PENDING,
-            Image.duplicate_of.is_(None),
-            Image.id > after_id,
-        )
-        .order_by(Image.id)
-        .limit(size)
-    )
-    rows = result.all()
-    if not rows:
-        return None
-    return Batch(request_id, rows[0].id, rows[-1].id, rows[0].quality, rows[0].effort)
-
-
 @dataclass(frozen=True, slots=True)
 class ClaimedImage:
     id: int
@@ -612,17 +591,6 @@ _CLAIMED_FROM = (
 )
 
 
-async def claim_images(
-    session: AsyncSession, batch: Batch, *, worker: str, now: datetime, stale_before: datetime
-) -> list[ClaimedImage]:
-    """Claim the batch's images that are still pending and not held by a live claim."""
-    connection = await session.connection()
-    claimed = await _claim_range(connection, batch, worker, now, stale_before)
-    if claimed:
-        await connection.execute(_START, {"s_request": batch.request_id, "s_now": now})
-    return claimed
-
-
 async def _claim_range(
     connection: AsyncConnection,
     batch: Batch,
@@ -659,15 +627,6 @@ _CLAIM = (
         attempts=_images.c.attempts + 1,
     )
     .returning(_images.c.id, _images.c.source_url)
-)
-_START = (
-    update(_requests)
-    .where(_requests.c.id == bindparam("s_request"), _requests.c.status == RequestStatus.QUEUED)
-    .values(
-        status=RequestStatus.PROCESSING,
-        started_at=bindparam("s_now"),
-        updated_at=bindparam("s_now"),
-    )
 )
 
 

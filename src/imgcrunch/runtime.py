@@ -16,7 +16,7 @@ from imgcrunch.codec_pool import CodecPool
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
 from imgcrunch.fetcher import AddressGuard, Fetcher, FetchLimits
-from imgcrunch.pipeline import Pipeline, PipelineOptions
+from imgcrunch.pipeline import FinishedHook, Pipeline, PipelineOptions
 from imgcrunch.storage import LocalStorage
 from imgcrunch.webhooks import Deliverer, DeliveryPolicy, signing_secrets
 
@@ -52,9 +52,15 @@ async def open_sessions(settings: Settings) -> AsyncIterator[SessionFactory]:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, sessions: SessionFactory, *, codec_workers: int, codec_processes: bool
+    settings: Settings,
+    sessions: SessionFactory,
+    *,
+    codec_workers: int,
+    codec_processes: bool,
+    on_finished: FinishedHook,
 ) -> AsyncIterator[Runtime]:
-    """`codec_processes`: compress in worker processes (see codec_pool), else in threads."""
+    """`codec_processes`: compress in worker processes (see codec_pool), else in threads.
+    `on_finished`: how this mode has a finished request's webhook events sent."""
     storage = LocalStorage(settings.storage_root)
     codec.configure(concurrency=1)  # parallel across images, one worker each, not within one
     codec_pool = CodecPool(workers=codec_workers, processes=codec_processes)
@@ -93,6 +99,7 @@ async def open_runtime(
             claim_timeout=settings.claim_timeout,
         ),
         worker_id=worker_id(),
+        on_finished=on_finished,
     )
     try:
         yield Runtime(sessions, storage, pipeline, deliverer)

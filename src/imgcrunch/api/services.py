@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from imgcrunch.api.auth import ApiKeys
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
-from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher
+from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
 from imgcrunch.fetcher import AddressGuard
 from imgcrunch.runtime import address_guard, open_runtime, open_sessions
 from imgcrunch.storage import LocalStorage
@@ -58,9 +58,16 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
 async def _inline_dispatcher(
     settings: Settings, sessions: SessionFactory
 ) -> AsyncIterator[InlineDispatcher]:
+    nudge = WebhookNudge()
     async with open_runtime(
-        settings, sessions, codec_workers=settings.cpu_workers, codec_processes=True
+        settings,
+        sessions,
+        codec_workers=settings.cpu_workers,
+        codec_processes=True,
+        on_finished=nudge,
     ) as runtime:
         # Embedded mode is the only writer: a temp file found now belongs to a killed process.
         runtime.storage.remove_partial_writes()
-        yield InlineDispatcher.for_settings(runtime.pipeline, runtime.deliverer, sessions, settings)
+        yield InlineDispatcher.for_settings(
+            runtime.pipeline, runtime.deliverer, sessions, settings, nudge
+        )
