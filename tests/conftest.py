@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imgcrunch.webhooks import WebhookVerificationError, verify
+from imgcrunch.signing import WebhookVerificationError, verify
 from tests import servers
 from tests.imaging import heavily_compressed_photo, png_bomb
 

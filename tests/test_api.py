@@ -12,7 +12,7 @@ import httpx
 import pytest
 import pyvips
 
-from imgcrunch.webhooks import verify
+from imgcrunch.signing import verify
 from tests.conftest import (
     PHOTOS,
     ImageServer,

@@ -23,7 +23,7 @@ import pytest
 
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
-from imgcrunch.webhooks import new_secret, verify
+from imgcrunch.signing import new_secret, verify
 from tests import servers
 from tests.conftest import (
     ImageServer,

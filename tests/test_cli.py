@@ -130,6 +130,41 @@ def test_submit_wait_status_and_download_against_a_server(
     assert "401 unauthorized" in refused.stderr
 
 
+def imported_modules(*args: str, cwd: Path) -> set[str]:
+    """The modules a real `imgcrunch ...` run imports (python -X importtime's report)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCRUNCH_")}
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "imgcrunch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines}
+
+
+def test_the_client_commands_load_neither_pyvips_nor_sqlalchemy(
+    tmp_path: Path, service: Service, image_server: ImageServer
+) -> None:
+    # A CI step that only talks to a server starts at once and needs no image library.
+    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-light-')[0]}")
+    server = ("--server", service.base_url)
+    submitted = imgcrunch("submit", "products.csv", "--wait", *server, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    request_id = submitted.stdout.strip()
+    for args in (
+        ("submit", "products.csv", *server),
+        ("status", request_id, *server),
+        ("download", request_id, "-o", "out.csv", *server),
+    ):
+        modules = imported_modules(*args, cwd=tmp_path)
+        assert "httpx" in modules  # the report is read right
+        assert not modules & {"pyvips", "sqlalchemy", "aiohttp", "prometheus_client"}, args
+
+
 def test_submit_without_waiting_and_without_a_server(
     tmp_path: Path, service: Service, image_server: ImageServer
 ) -> None:

@@ -18,17 +18,8 @@ import pytest
 
 from imgcrunch.config import Settings
 from imgcrunch.models import DeliveryStatus
-from imgcrunch.webhooks import (
-    SECRET_FILE,
-    DeliveryPolicy,
-    Outcome,
-    WebhookVerificationError,
-    new_secret,
-    sign,
-    signature_header,
-    signing_secrets,
-    verify,
-)
+from imgcrunch.signing import WebhookVerificationError, new_secret, sign, signature_header, verify
+from imgcrunch.webhooks import SECRET_FILE, DeliveryPolicy, Outcome, signing_secrets
 from tests.conftest import (
     ImageServer,
     Receiver,

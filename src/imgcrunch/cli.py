@@ -40,8 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if passed_through and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(passed_through)}")
 
-    if args.command == "worker":
-        _count_across_processes()  # first: the settings' checks import prometheus_client
     overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None))}
     settings = Settings(**overrides)
     logs.configure(settings.log_format)
@@ -108,11 +106,10 @@ def _add_client_commands(commands: Any) -> None:
 def _client(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from imgcrunch import local_run, remote
-
     console = Console(stderr=True)
     logging.getLogger().setLevel(logging.WARNING)  # the progress bar says what matters
     if args.command == "process":
+        from imgcrunch import local_run
         from imgcrunch.codec import Effort
 
         effort = Effort(args.effort) if args.effort else None
@@ -120,6 +117,8 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             csv_path=args.csv, out=args.out, quality=args.quality, effort=effort
         )
         return local_run.process(run, settings, console)
+    from imgcrunch import remote  # alone: the client commands load neither pyvips nor SQLAlchemy
+
     server = remote.Server(url=args.server, api_key=args.api_key)
     if args.command == "submit":
         return remote.submit(
@@ -145,6 +144,7 @@ def _migrate(settings: Settings) -> int:
 
 
 def _worker(settings: Settings, celery_options: Sequence[str]) -> int:
+    _count_across_processes()  # before celery_app, whose imports load prometheus_client
     try:
         from imgcrunch import celery_app
     except ImportError as exc:

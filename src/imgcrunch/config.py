@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from imgcrunch.signing import secret_key  # the one definition of a usable secret (stdlib only)
+
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -118,8 +120,6 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _usable_secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from imgcrunch.webhooks import secret_key  # the one definition of a usable secret
-
         for secret in value:
             secret_key(secret)
         return value

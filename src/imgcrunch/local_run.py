@@ -21,18 +21,14 @@ from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
 from imgcrunch.dispatch import InlineDispatcher, WebhookNudge
+from imgcrunch.exit_codes import OK, SOME_FAILED, UNUSABLE
 from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
 from imgcrunch.pipeline import accept
 from imgcrunch.runtime import open_runtime, open_sessions
-from imgcrunch.webhooks import new_secret
+from imgcrunch.signing import new_secret
 
 POLL_SECONDS = 0.2
 FAILURES_SHOWN = 20
-
-# Exit codes, for scripts (the README lists them).
-OK = 0
-SOME_FAILED = 1  # every image was tried; some failed (their reasons are in the output CSV)
-UNUSABLE = 2  # the CSV was refused, or the request could not be processed at all
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,8 @@ import httpx
 from rich.console import Console
 
 from imgcrunch import progress
-from imgcrunch.local_run import OK, SOME_FAILED, UNUSABLE
+from imgcrunch.exit_codes import OK, SOME_FAILED, UNREACHABLE, UNUSABLE
 
-UNREACHABLE = 3
 POLL_SECONDS = 0.5
 ACTIVE = ("queued", "processing")
 

@@ -1,31 +1,21 @@
-"""Webhook events: building them for the outbox, signing them, delivering what the outbox holds.
-
-Deliveries follow Standard Webhooks 1.0: `webhook-id` (the same on every attempt: the receiver's
-idempotency key), `webhook-timestamp` (Unix seconds, of the attempt) and `webhook-signature`,
-`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` for each configured secret. `verify` is
-what a receiver runs; the tests use it too.
+"""Webhook events: building them for the outbox, and delivering what the outbox holds, signed
+as `signing` says (where `verify`, what a receiver runs, lives).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
 import random
-import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -42,82 +32,14 @@ from imgcrunch.fetcher import (
     retry_after_seconds,
 )
 from imgcrunch.models import DeliveryStatus, Request, RequestStatus, WebhookDelivery, utcnow
+from imgcrunch.signing import new_secret, secret_key, signature_header
 
 log = logging.getLogger(__name__)
 
 COMPLETED = "request.completed"
 FAILED = "request.failed"
 
-SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook-secret"  # in the data folder, when IMGCRUNCH_WEBHOOK_SECRET is not set
-TOLERANCE = 300  # seconds a receiver should accept between a timestamp and its own clock
-
-
-class WebhookVerificationError(Exception):
-    """The delivery is not from us, was altered, or is too old (or too new) to accept."""
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key inside `whsec_<base64>`; ValueError if `secret` is not of that form."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX!r}")
-    try:
-        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-    except binascii.Error:
-        raise ValueError("a webhook secret is whsec_ followed by base64") from None
-    if len(key) < 16:
-        raise ValueError("a webhook secret holds at least 16 bytes")
-    return key
-
-
-def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    """One `v1,<base64>` signature of the message."""
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def signature_header(
-    signing_secrets: Sequence[str], message_id: str, timestamp: int, body: bytes
-) -> str:
-    """Every secret signs, space-separated, so receivers can move to a new one at their pace."""
-    return " ".join(sign(secret, message_id, timestamp, body) for secret in signing_secrets)
-
-
-def verify(
-    body: bytes | str,
-    headers: Mapping[str, str],
-    secret: str,
-    *,
-    tolerance: float = TOLERANCE,
-    now: float | None = None,
-) -> Any:
-    """What a receiver runs: the event, parsed, or WebhookVerificationError.
-
-    Checks that the timestamp is within `tolerance` seconds of now (a replayed old delivery
-    fails) and that one of the signatures is ours over exactly these bytes, in constant time.
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    message_id = lowered.get("webhook-id")
-    stamp = lowered.get("webhook-timestamp")
-    signatures = lowered.get("webhook-signature")
-    if not (message_id and stamp and signatures):
-        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        timestamp = int(stamp)
-    except ValueError:
-        raise WebhookVerificationError("webhook-timestamp is not a number") from None
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        raise WebhookVerificationError("webhook-timestamp is too far from now")
-    data = body.encode() if isinstance(body, str) else body
-    expected = sign(secret, message_id, timestamp, data).encode()
-    if not any(hmac.compare_digest(expected, given.encode()) for given in signatures.split()):
-        raise WebhookVerificationError("no signature matches")
-    return json.loads(data)
 
 
 def signing_secrets(configured: Sequence[str], data_dir: Path) -> tuple[str, ...]:
