@@ -1,0 +1,317 @@
+"""Reading and managing requests: what the API's routes ask and change."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imgcrunch.models import (
+    ACTIVE_STATUSES,
+    Image,
+    ImageStatus,
+    Product,
+    Request,
+    RequestStatus,
+)
+from imgcrunch.repository._common import rowcount
+
+# --- reading a request ----------------------------------------------------------------------
+
+
+async def get_request(session: AsyncSession, request_id: uuid.UUID) -> Request | None:
+    return await session.get(Request, request_id, populate_existing=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedImage:
+    row_number: str
+    product_name: str
+    url: str
+    code: str
+    message: str
+
+
+async def failed_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int
+) -> list[FailedImage]:
+    result = await session.execute(
+        _images_in_file_order(
+            request_id,
+            Image.status == ImageStatus.FAILED,
+            limit,
+            Image.error_code,
+            Image.error_message,
+        )
+    )
+    return [
+        FailedImage(row_number, name, url, code or "unknown", message or "")
+        for row_number, name, url, code, message in result
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class KeptImage:
+    row_number: str
+    product_name: str
+    url: str
+
+
+async def kept_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int
+) -> list[KeptImage]:
+    """Images done by keeping the original: re-encoding would not have made them smaller."""
+    result = await session.execute(
+        _images_in_file_order(request_id, Image.kept_original.is_(True), limit)
+    )
+    return [KeptImage(row_number, name, url) for row_number, name, url in result]
+
+
+def _images_in_file_order(
+    request_id: uuid.UUID, condition: ColumnElement[bool], limit: int, *columns: Any
+) -> Select[Any]:
+    return (
+        select(Product.row_number, Product.product_name, Image.source_url, *columns)
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id, condition)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+    )
+
+
+@dataclass(slots=True)
+class ProductOutcome:
+    row_number: str
+    product_name: str
+    extra: list[str]
+    images: list[ImageOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOutcome:
+    source_url: str
+    status: str
+    output_key: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    kept_original: bool
+    error_code: str | None
+    error_message: str | None
+
+
+async def product_outcomes(
+    session: AsyncSession, request_id: uuid.UUID
+) -> AsyncIterator[ProductOutcome]:
+    """Products in file order, each with its images in row order; streamed, not loaded whole."""
+    result = await session.stream(
+        select(
+            Product.id,
+            Product.row_number,
+            Product.product_name,
+            Product.extra,
+            Image.source_url,
+            Image.status,
+            Image.output_key,
+            Image.bytes_in,
+            Image.bytes_out,
+            Image.kept_original,
+            Image.error_code,
+            Image.error_message,
+        )
+        .join(Image, Image.product_id == Product.id)
+        .where(Product.request_id == request_id)
+        .order_by(Product.position, Image.position)
+        .execution_options(yield_per=1000)
+    )
+    current: ProductOutcome | None = None
+    current_id = None
+    async for product_id, row_number, name, extra, *image in result:
+        if product_id != current_id:
+            if current is not None:
+                yield current
+            current, current_id = ProductOutcome(row_number, name, list(extra)), product_id
+        assert current is not None
+        current.images.append(ImageOutcome(*image))
+    if current is not None:
+        yield current
+
+
+async def unfinished_request_ids(session: AsyncSession) -> list[uuid.UUID]:
+    result = await session.execute(
+        select(Request.id).where(Request.status.in_(ACTIVE_STATUSES)).order_by(Request.created_at)
+    )
+    return list(result.scalars())
+
+
+async def count_active_requests(session: AsyncSession, *, owner: str | None = None) -> int:
+    """Requests queued or processing: all of them, or `owner`'s."""
+    statement = select(func.count()).where(Request.status.in_(ACTIVE_STATUSES))
+    if owner is not None:
+        statement = statement.where(Request.owner == owner)
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def requests_by_status(session: AsyncSession) -> dict[str, int]:
+    result = await session.execute(select(Request.status, func.count()).group_by(Request.status))
+    return {status: count for status, count in result.tuples()}
+
+
+async def unfinished_image_count(session: AsyncSession) -> int:
+    """Images of active requests not yet done or failed: the work queue's depth."""
+    result = await session.execute(
+        select(
+            func.coalesce(
+                func.sum(Request.total_images - Request.done_images - Request.failed_images), 0
+            )
+        ).where(Request.status.in_(ACTIVE_STATUSES))
+    )
+    return int(result.scalar_one())
+
+
+async def list_requests(
+    session: AsyncSession,
+    *,
+    owner: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> list[Request]:
+    """Newest first; only `owner`'s when keys are on (owner not None)."""
+    query = select(Request).order_by(Request.created_at.desc(), Request.id.desc())
+    if owner is not None:
+        query = query.where(Request.owner == owner)
+    if status is not None:
+        query = query.where(Request.status == status)
+    result = await session.execute(query.limit(limit).offset(offset))
+    return list(result.scalars())
+
+
+async def delete_request(session: AsyncSession, request_id: uuid.UUID) -> bool:
+    """The request and, by cascade, its products, images and webhook outbox; False if it was
+    gone already, or is still active (it is deleted only once it has finished)."""
+    result = await session.execute(
+        delete(Request)
+        .where(Request.id == request_id, Request.status.not_in(ACTIVE_STATUSES))
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(result) == 1
+
+
+async def cancel_request(session: AsyncSession, request_id: uuid.UUID, *, now: datetime) -> bool:
+    """Stop an active request: its images not yet recorded will never be. False if it was not
+    active. A result that arrives afterwards changes nothing: only pending images are recorded.
+    """
+    result = await session.execute(
+        update(Request)
+        .where(Request.id == request_id, Request.status.in_(ACTIVE_STATUSES))
+        .values(status=RequestStatus.CANCELLED, completed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(result) != 1:
+        return False
+    await session.execute(
+        update(Image)
+        .where(Image.request_id == request_id, Image.status == ImageStatus.PENDING)
+        .values(status=ImageStatus.CANCELLED, claimed_by=None, claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+async def retry_failed_images(
+    session: AsyncSession, request_id: uuid.UUID, *, now: datetime
+) -> int:
+    """Make a finished request's failed images pending again, and the request `processing`;
+    returns how many. Only from `completed_with_errors`: nothing else has images to retry."""
+    reopened = await session.execute(
+        update(Request)
+        .where(
+            Request.id == request_id,
+            Request.status == RequestStatus.COMPLETED_WITH_ERRORS,
+        )
+        .values(status=RequestStatus.PROCESSING, completed_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(reopened) != 1:
+        return 0
+    result = await session.execute(
+        update(Image)
+        .where(Image.request_id == request_id, Image.status == ImageStatus.FAILED)
+        .values(
+            status=ImageStatus.PENDING,
+            error_code=None,
+            error_message=None,
+            completed_at=None,
+            claimed_by=None,
+            claimed_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    retried = rowcount(result)
+    await session.execute(
+        update(Request)
+        .where(Request.id == request_id)
+        .values(failed_images=Request.failed_images - retried)
+        .execution_options(synchronize_session=False)
+    )
+    return retried
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    row_number: str
+    product_name: str
+    source_url: str
+    status: str
+    output_key: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    width: int | None
+    height: int | None
+    kept_original: bool
+    error_code: str | None
+    error_message: str | None
+
+
+async def request_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int, offset: int
+) -> list[ImageRow]:
+    """The request's images in the order of the input file: rows, then URLs within a row."""
+    result = await session.execute(
+        select(
+            Product.row_number,
+            Product.product_name,
+            Image.source_url,
+            Image.status,
+            Image.output_key,
+            Image.bytes_in,
+            Image.bytes_out,
+            Image.width,
+            Image.height,
+            Image.kept_original,
+            Image.error_code,
+            Image.error_message,
+        )
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [ImageRow(*tuple(row)) for row in result]
+
+
+async def ping(session: AsyncSession) -> None:
+    await session.execute(select(1))
