@@ -28,6 +28,16 @@ from tests.imaging import heavily_compressed_photo, png_bomb
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
 
+# Tests that start real processes (a service, Celery workers, a browser) are slow by nature:
+# `pytest -m "not slow"` leaves them out, for a quick run while working; `make test` runs all.
+_SLOW_FIXTURES = frozenset({"service", "make_service", "scale_out", "page"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -107,8 +107,10 @@ def test_status_shows_queued_then_processing_then_done(
             + "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1)),
         )
         seen: list[str] = []
+        deadline = time.monotonic() + 60
         with service.client() as client:
             while not seen or seen[-1] not in ("completed", "completed_with_errors"):
+                assert time.monotonic() < deadline, seen
                 status = client.get(f"/status/{request_id}").json()
                 if not seen or seen[-1] != status["status"]:
                     seen.append(status["status"])

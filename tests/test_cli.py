@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ImageServer, Service, ServiceFactory, free_port
+
+pytestmark = pytest.mark.slow  # every test here runs the real command in a subprocess
 
 
 def imgcrunch(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:

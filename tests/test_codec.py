@@ -165,6 +165,7 @@ def test_max_makes_fewer_bytes_than_balanced(photo: bytes) -> None:
 HOLDOUT = Path(__file__).parent / "data" / "holdout"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("effort", list(Effort))
 @pytest.mark.parametrize("quality", [50, 80])
 @pytest.mark.parametrize("photo_name", ["tulips.jpg", "camera.jpg"], ids=["colour", "grey"])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -53,6 +54,7 @@ def test_migrations_go_down_and_up_again(database_url: str) -> None:
     assert {"requests", "products", "images", "webhook_deliveries"} <= asyncio.run(tables())
 
 
+@pytest.mark.slow
 def test_migrate_command_creates_a_wal_database_in_the_data_dir(tmp_path: Path) -> None:
     env = {"IMGCRUNCH_DATA_DIR": str(tmp_path / "fresh" / "var"), "PATH": "/usr/bin:/bin"}
     for _ in range(2):  # and a second run is a no-op

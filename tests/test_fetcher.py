@@ -60,6 +60,7 @@ async def test_http_errors_carry_the_status(image_server: ImageServer) -> None:
     assert (broken.code, broken.status) == ("http_error", 500)
 
 
+@pytest.mark.slow
 async def test_a_stalled_body_times_out(image_server: ImageServer) -> None:
     error = await failure(image_server.url("/stall.jpg"))
     assert error.code == "timeout"
@@ -249,6 +250,7 @@ async def test_a_redirect_from_an_allowed_host_to_another_loopback_one_is_refuse
 # --- transient failures ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_5xx_then_200_origin_is_retried_until_it_answers(image_server: ImageServer) -> None:
     path = "/flaky?fail=2&status=503&key=five-hundred"
     assert await fetch(image_server.url(path)) == PHOTOS[0].read_bytes()
@@ -269,6 +271,7 @@ async def test_a_permanent_error_is_not_retried(image_server: ImageServer) -> No
     assert image_server.hits[path] == 1
 
 
+@pytest.mark.slow
 async def test_retry_after_is_honoured(image_server: ImageServer) -> None:
     path = "/flaky?fail=1&status=429&retry_after=1&key=polite"
     started = time.monotonic()
@@ -332,6 +335,7 @@ async def test_one_origin_gets_at_most_its_share_of_slots() -> None:
 # --- hostile origins ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_slowloris_drip_ends_at_the_total_timeout(image_server: ImageServer) -> None:
     # Never silent for a read timeout (1 s): only the total time (3 s) can end it.
     started = time.monotonic()
@@ -377,6 +381,7 @@ async def test_an_answer_that_is_not_http_is_named(image_server: ImageServer) ->
     assert image_server.hits[path] == 3  # retried: a new connection may do better
 
 
+@pytest.mark.slow
 async def test_a_body_shorter_than_declared_is_an_error(image_server: ImageServer) -> None:
     error = await failure(image_server.url("/long-length.jpg"))
     assert error.code == "connect_error"

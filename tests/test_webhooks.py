@@ -157,6 +157,7 @@ def test_410_gone_stops_at_once() -> None:
     assert POLICY.after(1, Outcome(410, "HTTP 410 Gone"), T0)[0] == DeliveryStatus.GAVE_UP
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured_up_to_the_longest_wait() -> None:
     status, at = POLICY.after(1, Outcome(429, "HTTP 429", retry_after=42), T0)
     assert (status, at) == (DeliveryStatus.PENDING, T0 + timedelta(seconds=42))
