@@ -12,16 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from imgcrunch.fetcher import (
-    AddressGuard,
-    Fetcher,
-    FetchError,
-    FetchLimits,
-    is_http_url,
-    is_public,
-    literal_address,
-    retry_after_seconds,
-)
+from imgcrunch.address_guard import AddressGuard, is_public, literal_address
+from imgcrunch.fetcher import Fetcher, FetchLimits, is_http_url
+from imgcrunch.http_errors import FetchError, retry_after_seconds
 from tests.conftest import PHOTOS, ImageServer, free_port
 
 pytestmark = pytest.mark.anyio

@@ -1,75 +1,33 @@
 """Downloading an image URL with bounded time and size, and naming why a download failed.
 
 aiohttp carries the downloads: on this hot path it costs about a tenth of the CPU per image
-that httpx does (bench/README.md), and its resolver seam lets the address guard check the very
-addresses that are connected to.
+that httpx does (bench/README.md), and its resolver seam lets the address guard
+(`address_guard`) check the very addresses that are connected to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import ipaddress
 import random
-import re
-import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
+
+from imgcrunch.address_guard import (
+    AddressGuard,
+    check_destination,
+    guarded_session,
+    parse_url,
+)
+from imgcrunch.http_errors import FetchError, client_error, retry_after_seconds
 
 USER_AGENT = "imgcrunch/0.1 (+https://github.com/imgcrunch/imgcrunch)"
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class FetchError(Exception):
-    """code: blocked_address | dns_error | connect_error | timeout | http_error | too_large."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after  # seconds the origin asked us to wait (Retry-After)
-
-    @property
-    def transient(self) -> bool:
-        """Worth another try: the origin or the network may answer next time."""
-        if self.code in ("timeout", "connect_error"):
-            return True
-        return self.status is not None and (self.status == 429 or self.status >= 500)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AddressGuard:
-    """Where connections may go: public addresses, plus the hosts the operator allowed.
-
-    `allowed_hosts` holds `host` (any port) or `host:port` (`[v6]:port`) entries, matched
-    exactly, so a test server or an intranet origin can be let in without opening the rest.
-    """
-
-    allow_private_networks: bool = False
-    allowed_hosts: frozenset[str] = frozenset()
-
-    def admits(self, host: str, port: int | None) -> bool:
-        if self.allow_private_networks:
-            return True
-        host = host.lower().rstrip(".")
-        spelled = f"[{host}]" if ":" in host else host
-        return host in self.allowed_hosts or f"{spelled}:{port}" in self.allowed_hosts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +40,7 @@ class FetchLimits:
     retries: int = 2  # further attempts after a transient failure (timeout, 429, 5xx...)
     retry_backoff: float = 0.5  # seconds; doubled at each attempt, with full jitter
     per_host: int = 8  # downloads from one origin at once (see Fetcher.host_slot)
-    guard: AddressGuard = AddressGuard()
+    guard: AddressGuard = field(default_factory=AddressGuard)
 
 
 @dataclass(slots=True)
@@ -153,7 +111,7 @@ class Fetcher:
     async def _attempt(self, url: str, deadline: float) -> bytes:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._follow(_parse(url))
+                return await self._follow(parse_url(url))
         except aiohttp.ClientError as exc:
             raise client_error(exc) from None
         except TimeoutError:
@@ -201,167 +159,12 @@ class Fetcher:
         )
 
 
-def client_error(exc: aiohttp.ClientError) -> FetchError:
-    """What went wrong talking to a server, in the codes of FetchError."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return FetchError("timeout", "connecting timed out")
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return FetchError("timeout", "reading the response timed out")
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return FetchError("dns_error", f"host name could not be resolved ({exc})")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return FetchError("connect_error", f"could not connect ({exc})")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return FetchError("connect_error", f"the response broke off ({exc})")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # Raised by the parser (we never raise for a status): what came back is not HTTP.
-        # Retried like a broken connection: a new connection may well answer properly.
-        reason = (exc.message.splitlines() or ["unreadable"])[0].rstrip(":")
-        return FetchError("connect_error", f"the answer is not valid HTTP ({reason})")
-    return FetchError("connect_error", f"{type(exc).__name__}: {exc}")
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header, in seconds or as an HTTP date, as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def guarded_session(
-    *,
-    guard: AddressGuard,
-    timeout: aiohttp.ClientTimeout,
-    headers: Mapping[str, str],
-) -> aiohttp.ClientSession:
-    """A client session whose connections go only where the guard admits.
-
-    Names are checked by the resolver; literal addresses, which aiohttp does not resolve, are
-    checked by `check_destination` before each request. No cookies are kept between requests.
-    """
-    resolver = None if guard.allow_private_networks else _GuardedResolver(guard)
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, resolver=resolver, ttl_dns_cache=10),
-        timeout=timeout,
-        headers=headers,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-
-
-def check_url(url: str, guard: AddressGuard) -> None:
-    """`check_destination` for a URL as text; FetchError says what is wrong with it."""
-    check_destination(_parse(url), guard)
-
-
-def check_destination(url: URL, guard: AddressGuard) -> None:
-    """Refuse a non-HTTP URL, one with credentials, and a literal non-public address."""
-    if url.scheme not in ("http", "https") or not url.host:
-        raise FetchError("http_error", f"not an http(s) URL: {str(url)[:200]}")
-    if url.user is not None or url.password is not None:
-        raise FetchError("http_error", "URLs with credentials (user:password@) are refused")
-    if guard.admits(url.host, url.port):
-        return
-    address = literal_address(url.host)
-    if address is not None:
-        _refuse_non_public(url.host, address)
-    # else a name: the resolver checks every address it resolves to
-
-
-def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host spells, in any form a resolver would take: `127.1`, `2130706433`,
-    `0x7f000001` and `0177.0.0.1` are all 127.0.0.1."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.fullmatch(host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
-_NUMERIC_HOST = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", re.IGNORECASE)
-# IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64, IPv4-compatible).
-_EMBEDDING_IPV4 = (
-    ipaddress.IPv6Network("64:ff9b::/96"),
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-    ipaddress.IPv6Network("::/96"),
-)
-
-
-def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Globally routable unicast, and so is every IPv4 address an IPv6 one carries inside."""
-    if not address.is_global or address.is_multicast:
-        return False
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
-        embedded += [
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-            for network in _EMBEDDING_IPV4
-            if address in network
-        ]
-        return all(is_public(inner) for inner in embedded if inner is not None)
-    return True
-
-
-class _GuardedResolver(AbstractResolver):
-    """The system resolver, refusing a name with an address the guard does not admit.
-
-    aiohttp connects to the addresses returned here and never resolves the name again, so the
-    answer that was checked is the one used: DNS rebinding cannot slip in between.
-    """
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-        self._system = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._system.resolve(host, port, family)
-        if not self._guard.admits(host, port):
-            for result in results:
-                _refuse_non_public(host, ipaddress.ip_address(result["host"]))
-        return results
-
-    async def close(self) -> None:
-        await self._system.close()
-
-
-def _refuse_non_public(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    if not is_public(address):
-        where = f"{address}" if host == str(address) else f"{host} resolves to {address}, which"
-        raise FetchError(
-            "blocked_address",
-            f"{where} is not a public address (set IMGCRUNCH_ALLOWED_HOSTS, or "
-            "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS=true, for local sources)",
-        )
-
-
 def _origin(url: str) -> tuple[str, str, int | None]:
     try:
         parts = urlsplit(url)
         return parts.scheme.lower(), (parts.hostname or ""), parts.port
     except ValueError:  # an unparseable URL fails in fetch; it shares one gate meanwhile
         return "", url, None
-
-
-def _parse(url: str) -> URL:
-    try:
-        return URL(url)
-    except ValueError as exc:
-        raise FetchError("http_error", f"not a valid URL ({exc})") from None
 
 
 def _redirect_target(current: URL, location: str) -> URL:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.codec_pool import CodecPool, encode_and_store
 from imgcrunch.db import SessionFactory
-from imgcrunch.fetcher import Fetcher, FetchError
+from imgcrunch.fetcher import Fetcher
+from imgcrunch.http_errors import FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, input_csv_key, output_csv_key

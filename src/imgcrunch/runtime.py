@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from imgcrunch import codec
+from imgcrunch.address_guard import AddressGuard
 from imgcrunch.codec_pool import CodecPool
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
-from imgcrunch.fetcher import AddressGuard, Fetcher, FetchLimits
+from imgcrunch.fetcher import Fetcher, FetchLimits
 from imgcrunch.pipeline import FinishedHook, Pipeline, PipelineOptions
 from imgcrunch.storage import LocalStorage
 from imgcrunch.webhooks import Deliverer, DeliveryPolicy, signing_secrets

@@ -21,16 +21,10 @@ import aiohttp
 from yarl import URL
 
 from imgcrunch import metrics, repository
+from imgcrunch.address_guard import AddressGuard, check_destination, guarded_session
 from imgcrunch.db import SessionFactory
-from imgcrunch.fetcher import (
-    USER_AGENT,
-    AddressGuard,
-    FetchError,
-    check_destination,
-    client_error,
-    guarded_session,
-    retry_after_seconds,
-)
+from imgcrunch.fetcher import USER_AGENT
+from imgcrunch.http_errors import FetchError, client_error, retry_after_seconds
 from imgcrunch.models import DeliveryStatus, Request, RequestStatus, WebhookDelivery, utcnow
 from imgcrunch.signing import new_secret, secret_key, signature_header
 

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from imgcrunch.address_guard import AddressGuard
 from imgcrunch.api.auth import ApiKeys
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
-from imgcrunch.fetcher import AddressGuard
 from imgcrunch.runtime import address_guard, open_runtime, open_sessions
 from imgcrunch.storage import LocalStorage
 

@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from imgcrunch import csvio, pipeline, repository
+from imgcrunch.address_guard import AddressGuard, check_url
 from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.schemas import Accepted, ErrorBody
 from imgcrunch.codec import Effort
-from imgcrunch.fetcher import AddressGuard, FetchError, check_url, is_http_url
+from imgcrunch.fetcher import is_http_url
+from imgcrunch.http_errors import FetchError
 
 router = APIRouter(tags=["requests"])
 
