@@ -41,10 +41,11 @@ class Running:
     runtime: Runtime
     told: Told
 
-    async def submit(self, *rows: str) -> uuid.UUID:
+    async def accept(self, *rows: str) -> uuid.UUID:
+        """What POST /upload does: keep the CSV and record the request, queued."""
         data = ("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows)).encode()
         async with self.runtime.sessions() as session:
-            request_id = await accept(
+            return await accept(
                 session,
                 self.runtime.storage,
                 data,
@@ -52,6 +53,9 @@ class Running:
                 quality=50,
                 effort=Effort.BALANCED,
             )
+
+    async def submit(self, *rows: str) -> uuid.UUID:
+        request_id = await self.accept(*rows)
         await self.runtime.pipeline.resume(request_id)
         return request_id
 
@@ -134,17 +138,7 @@ async def test_the_request_that_waited_longest_is_served_first(
 async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(
     running: Running, image_server: ImageServer
 ) -> None:
-    url = image_server.photo_urls(1, tag="pipeline-lost-")[0]
-    data = f"S. No,Product Name,Input Image Urls\n1,A,{url}\n".encode()
-    async with running.runtime.sessions() as session:
-        request_id = await accept(
-            session,
-            running.runtime.storage,
-            data,
-            csvio.parse(data),
-            quality=50,
-            effort=Effort.BALANCED,
-        )
+    request_id = await running.accept(f"1,A,{image_server.photo_urls(1, tag='pipeline-lost-')[0]}")
     running.runtime.storage.path(input_csv_key(request_id)).unlink()
     await running.runtime.pipeline.resume(request_id)
     request = await running.request(request_id)
