@@ -20,6 +20,7 @@ from imgcrunch.db import SessionFactory
 from imgcrunch.fetcher import Fetcher
 from imgcrunch.http_errors import FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
+from imgcrunch.public_urls import PublicUrls
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, input_csv_key, output_csv_key
 
@@ -110,6 +111,7 @@ class Pipeline:
         self.options = options
         self.worker_id = worker_id
         self._on_finished = on_finished
+        self._urls = PublicUrls(options.public_base_url)
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._cancelled: set[uuid.UUID] = set()
 
@@ -309,7 +311,7 @@ class Pipeline:
             request = await repository.get_request(session, request_id)
             assert request is not None
             rows = [
-                _output_row(product, self._url)
+                _output_row(product, self._urls.stored)
                 async for product in repository.product_outcomes(session, request_id)
             ]
         output = csvio.write_output(request.extra_columns, rows)
@@ -326,7 +328,7 @@ class Pipeline:
         event = None
         if request.webhook_url:
             event = webhooks.finished_event(
-                request, status=status, download_url=self.download_url(request_id), now=now
+                request, status=status, download_url=self._urls.download(request_id), now=now
             )
         async with self.sessions.begin() as session:
             won = await repository.finish_request(
@@ -336,12 +338,6 @@ class Pipeline:
             log.info("request %s %s", request_id, status)
             await self._tell_finished(request_id)
         return won
-
-    def download_url(self, request_id: uuid.UUID) -> str:
-        return f"{self.options.public_base_url}/download/{request_id}"
-
-    def _url(self, key: str) -> str:
-        return f"{self.options.public_base_url}/{key}"
 
 
 def _count(results: Sequence[ImageResult]) -> None:

@@ -22,6 +22,7 @@ from imgcrunch.api.schemas import (
 )
 from imgcrunch.config import Settings
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
+from imgcrunch.public_urls import PublicUrls
 
 router = APIRouter(tags=["requests"])
 
@@ -44,11 +45,10 @@ async def list_requests(
         session, owner=owner, status=status, limit=limit + 1, offset=offset
     )
     page = [_summary(request, settings) for request in found[:limit]]
-    base = settings.public_base_url
     next_url = None
     if len(found) > limit:
         query = f"limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
-        next_url = f"{base}/requests?{query}"
+        next_url = PublicUrls(settings.public_base_url).page(f"/requests?{query}")
     return RequestList(requests=page, next_url=next_url)
 
 
@@ -72,14 +72,14 @@ async def list_images(
     (output URL, sizes) or why it failed."""
     await load_request(session, request_id, owner)
     found = await repository.request_images(session, request_id, limit=limit + 1, offset=offset)
-    base = settings.public_base_url
+    urls = PublicUrls(settings.public_base_url)
     images = [
         ImageInfo(
             row=image.row_number,
             product_name=image.product_name,
             source_url=image.source_url,
             status=image.status,
-            output_url=f"{base}/{image.output_key}" if image.output_key else None,
+            output_url=urls.stored(image.output_key) if image.output_key else None,
             bytes_in=image.bytes_in,
             bytes_out=image.bytes_out,
             width=image.width,
@@ -92,7 +92,7 @@ async def list_images(
     ]
     next_url = None
     if len(found) > limit:
-        next_url = f"{base}/requests/{request_id}/images?limit={limit}&offset={offset + limit}"
+        next_url = urls.page(f"/requests/{request_id}/images?limit={limit}&offset={offset + limit}")
     return ImageList(images=images, next_url=next_url)
 
 
@@ -102,7 +102,7 @@ def _summary(request: Request, settings: Settings) -> RequestSummary:
         status=request.status,
         progress=Progress.model_validate(request.progress()),
         **figures(request, now=utcnow()),
-        status_url=f"{settings.public_base_url}/status/{request.id}",
+        status_url=PublicUrls(settings.public_base_url).status(request.id),
         output_csv_url=download_url(request, settings),
         created_at=request.created_at,
         completed_at=request.completed_at,

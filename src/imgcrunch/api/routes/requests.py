@@ -23,6 +23,7 @@ from imgcrunch.api.schemas import (
 )
 from imgcrunch.config import Settings
 from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request, utcnow
+from imgcrunch.public_urls import PublicUrls
 
 router = APIRouter(tags=["requests"])
 
@@ -89,7 +90,7 @@ async def status(
 
 
 def download_url(request: Request, settings: Settings) -> str | None:
-    return f"{settings.public_base_url}/download/{request.id}" if request.output_key else None
+    return PublicUrls(settings.public_base_url).download(request.id) if request.output_key else None
 
 
 def figures(request: Request, *, now: datetime) -> dict[str, Any]:

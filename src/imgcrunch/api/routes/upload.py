@@ -15,6 +15,7 @@ from imgcrunch.api.schemas import Accepted, ErrorBody
 from imgcrunch.codec import Effort
 from imgcrunch.fetcher import is_http_url
 from imgcrunch.http_errors import FetchError
+from imgcrunch.public_urls import PublicUrls
 
 router = APIRouter(tags=["requests"])
 
@@ -82,7 +83,7 @@ async def upload(
     return Accepted(
         request_id=request_id,
         status="queued",
-        status_url=f"{settings.public_base_url}/status/{request_id}",
+        status_url=PublicUrls(settings.public_base_url).status(request_id),
         total_images=parsed.image_count,
     )
 
