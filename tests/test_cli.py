@@ -19,12 +19,15 @@ from tests.conftest import ImageServer, Service, ServiceFactory, free_port
 pytestmark = pytest.mark.slow  # every test here runs the real command in a subprocess
 
 
-def imgcrunch(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+def imgcrunch(
+    *args: str, cwd: Path, python: tuple[str, ...] = (), **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """The real command line; `python`: options for the interpreter itself (-X importtime)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCRUNCH_")}
     env |= {"IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true", "COLUMNS": "200"}
     env |= {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
     return subprocess.run(
-        [sys.executable, "-m", "imgcrunch", *args],
+        [sys.executable, *python, "-m", "imgcrunch", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -135,15 +138,7 @@ def test_submit_wait_status_and_download_against_a_server(
 
 def imported_modules(*args: str, cwd: Path) -> set[str]:
     """The modules a real `imgcrunch ...` run imports (python -X importtime's report)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCRUNCH_")}
-    run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "imgcrunch", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = imgcrunch(*args, cwd=cwd, python=("-X", "importtime"))
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line for line in run.stderr.splitlines() if line.startswith("import time:")]
     return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines}

@@ -25,7 +25,7 @@ from imgcrunch.models import (
     RequestStatus,
 )
 from imgcrunch.repository._common import rowcount
-from imgcrunch.repository.outbox import NewEvent, add_event
+from imgcrunch.repository.outbox import NewEvent, finished_with_event
 
 # --- creating a request ---------------------------------------------------------------------
 
@@ -159,8 +159,4 @@ async def fail_request(
         .values(status=RequestStatus.FAILED, error=error, completed_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if rowcount(result) != 1:
-        return False
-    if event is not None:
-        add_event(session, request_id, event, now)
-    return True
+    return finished_with_event(session, result, request_id, event, now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     func,
@@ -28,6 +29,22 @@ class NewEvent:
     event_type: str
     url: str
     payload: str
+
+
+def finished_with_event(
+    session: AsyncSession,
+    result: Any,
+    request_id: uuid.UUID,
+    event: NewEvent | None,
+    now: datetime,
+) -> bool:
+    """After the conditional update that ends a request: whether it won (it moved exactly one
+    row), and if so its webhook event queued in the same transaction."""
+    if rowcount(result) != 1:
+        return False
+    if event is not None:
+        add_event(session, request_id, event, now)
+    return True
 
 
 def add_event(session: AsyncSession, request_id: uuid.UUID, event: NewEvent, now: datetime) -> None:

@@ -34,7 +34,7 @@ from imgcrunch.models import (
     RequestStatus,
 )
 from imgcrunch.repository._common import rowcount
-from imgcrunch.repository.outbox import NewEvent, add_event
+from imgcrunch.repository.outbox import NewEvent, finished_with_event
 
 # --- working on images ----------------------------------------------------------------------
 
@@ -436,8 +436,4 @@ async def finish_request(
         .values(status=status, output_key=output_key, completed_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if rowcount(result) != 1:
-        return False
-    if event is not None:
-        add_event(session, request_id, event, now)
-    return True
+    return finished_with_event(session, result, request_id, event, now)
