@@ -19,8 +19,8 @@ from tests.conftest import (
     Service,
     ServiceFactory,
     WebhookReceiver,
-    free_port,
 )
+from tests.service_process import free_port
 
 
 def read_csv(text: str) -> list[dict[str, str]]:
@@ -439,6 +439,35 @@ def test_unknown_and_malformed_ids_answer_404(service: Service) -> None:
             response = client.get(path)
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "not_found"
+
+
+def test_stored_images_are_served_for_good_and_revalidated_without_a_body(
+    service: Service, image_server: ImageServer
+) -> None:
+    request_id = upload_ok(
+        service, f"S. No,Product Name,Input Image Urls\n1,A,{image_server.photo_urls(1)[0]}\n"
+    )
+    assert service.wait_until_finished(request_id)["status"] == "completed"
+    output_url = download(service, request_id)[0]["Output Image Urls"]
+    served = httpx.get(output_url)
+    assert served.status_code == 200
+    assert served.headers["cache-control"] == "public, max-age=31536000, immutable"
+    etag = served.headers["etag"]
+    assert etag.strip('"') in output_url  # the content's hash, as the key is
+    again = httpx.get(output_url, headers={"If-None-Match": etag})
+    assert (again.status_code, again.content) == (304, b"")
+    head = httpx.head(output_url)
+    assert (head.status_code, head.headers["content-type"]) == (200, "image/jpeg")
+    assert int(head.headers["content-length"]) == len(served.content)
+    base = f"{service.base_url}/images"
+    for missing in (
+        f"{base}/{request_id}/{'0' * 64}.jpg",  # well formed, never stored
+        f"{base}/{uuid.uuid4()}/{output_url.rsplit('/', 1)[1]}",  # another request's folder
+        f"{base}/{request_id}/..%2F..%2Fimgcrunch.db",
+        f"{base}/{request_id}",
+    ):
+        response = httpx.get(missing)
+        assert response.status_code == 404, missing
 
 
 def test_paths_work_with_a_trailing_slash(service: Service, image_server: ImageServer) -> None:

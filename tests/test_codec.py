@@ -117,7 +117,7 @@ def test_photo_becomes_a_smaller_jpeg_of_the_same_size(photo: bytes) -> None:
     out = decode(result.data)
     assert out.get("vips-loader") == "jpegload_buffer"
     assert (result.width, result.height) == (out.width, out.height) == (1600, 1200)
-    assert (result.media_type, result.extension) == ("image/jpeg", "jpg")
+    assert result.extension == "jpg"
     assert len(result.data) < len(photo)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,19 @@ def test_the_default_effort_is_one_the_codec_knows(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("IMGCRUNCH_JPEG_EFFORT", "fastest")
     with pytest.raises(ValueError, match="jpeg_effort"):
         Settings()
+
+
+def test_the_settings_load_nothing_else_of_ours() -> None:
+    """Settings sit at the bottom: anything may import them without an import-order puzzle."""
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, imgcrunch.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('imgcrunch')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "['imgcrunch', 'imgcrunch.config']"

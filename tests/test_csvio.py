@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgcrunch.config import Settings
 from imgcrunch.csvio import (
     OUTPUT_HEADER,
     CsvError,
@@ -27,7 +28,7 @@ HEADER = "S. No,Product Name,Input Image Urls"
 A = "https://img.example.com/a.jpg"
 B = "https://img.example.com/b.jpg"
 C = "http://img.example.com/c.png"
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = Limits.from_settings(Settings())
 
 
 def parse_text(text: str, limits: Limits = DEFAULT_LIMITS) -> ParsedCsv:
@@ -71,7 +72,7 @@ def test_image_count_counts_every_url_of_every_row() -> None:
 
 
 def test_utf8_bom_is_ignored() -> None:
-    parsed = parse(b"\xef\xbb\xbf" + f"{HEADER}\n1,Mug,{A}\n".encode())
+    parsed = parse(b"\xef\xbb\xbf" + f"{HEADER}\n1,Mug,{A}\n".encode(), DEFAULT_LIMITS)
 
     assert summary(parsed) == [(2, "1", "Mug", (A,))]
 
@@ -243,7 +244,7 @@ def test_urls_accepted(url: str) -> None:
 def test_windows_1252_text_from_excel() -> None:
     data = f"{HEADER}\r\n1,Caf\u00e9 cr\u00e8me \u2013 50\u20ac,{A}\r\n".encode("cp1252")
 
-    assert parse(data).rows[0].name == "Caf\u00e9 cr\u00e8me \u2013 50\u20ac"
+    assert parse(data, DEFAULT_LIMITS).rows[0].name == "Caf\u00e9 cr\u00e8me \u2013 50\u20ac"
 
 
 def test_utf8_product_names() -> None:
@@ -390,7 +391,7 @@ def test_a_url_with_whitespace_inside() -> None:
 
 def test_a_url_longer_than_the_limit_is_quoted_shortened() -> None:
     long_url = "https://img.example.com/" + "x" * 200
-    found = problems(f"{HEADER}\n1,Mug,{long_url}\n", Limits(max_url_length=100))
+    found = problems(f"{HEADER}\n1,Mug,{long_url}\n", replace(DEFAULT_LIMITS, max_url_length=100))
 
     assert [(p.row, p.column) for p in found] == [(2, "Input Image Urls")]
     assert "longer than 100 characters" in found[0].reason
@@ -401,7 +402,12 @@ def test_a_url_longer_than_the_limit_is_quoted_shortened() -> None:
 def test_a_url_at_the_length_limit_is_accepted() -> None:
     url = "https://img.example.com/" + "x" * 76
 
-    assert parse_text(f"{HEADER}\n1,Mug,{url}\n", Limits(max_url_length=100)).image_count == 1
+    assert (
+        parse_text(
+            f"{HEADER}\n1,Mug,{url}\n", replace(DEFAULT_LIMITS, max_url_length=100)
+        ).image_count
+        == 1
+    )
 
 
 def test_a_row_without_url() -> None:
@@ -431,7 +437,9 @@ def test_an_empty_serial_number() -> None:
 
 
 def test_more_urls_than_allowed_in_a_row() -> None:
-    found = problems(f'{HEADER}\n1,Mug,"{A},{B},{C}"\n', Limits(max_urls_per_row=2))
+    found = problems(
+        f'{HEADER}\n1,Mug,"{A},{B},{C}"\n', replace(DEFAULT_LIMITS, max_urls_per_row=2)
+    )
 
     assert found == [Problem(2, "Input Image Urls", "3 image URLs, more than the 2 allowed")]
 
@@ -487,7 +495,7 @@ def test_row_numbers_count_crlf_and_lone_cr_line_ends() -> None:
 
 def test_problems_beyond_the_limit_are_counted_not_listed() -> None:
     text = HEADER + "\n" + "".join(f"{i},Mug,ftp://x\n" for i in range(1, 11))
-    error = refusal(text, Limits(max_problems=3))
+    error = refusal(text, replace(DEFAULT_LIMITS, max_problems=3))
 
     assert error.message.startswith("10 problems in 10 rows")
     assert [p.row for p in error.problems] == [2, 3, 4, None]
@@ -496,7 +504,7 @@ def test_problems_beyond_the_limit_are_counted_not_listed() -> None:
 
 def test_more_rows_than_allowed() -> None:
     text = HEADER + "\n" + "".join(f"{i},Mug,{A}\n" for i in range(1, 5))
-    error = refusal(text, Limits(max_rows=3))
+    error = refusal(text, replace(DEFAULT_LIMITS, max_rows=3))
 
     assert error.code == "too_many_rows"
     assert "more than 3 data rows" in error.message
@@ -507,13 +515,13 @@ def test_more_rows_than_allowed() -> None:
 def test_too_many_rows_wins_over_problems_in_rows() -> None:
     text = f"{HEADER}\n1,Mug,ftp://x\n2,Cup,{A}\n3,Pen,{B}\n"
 
-    assert refusal(text, Limits(max_rows=2)).code == "too_many_rows"
+    assert refusal(text, replace(DEFAULT_LIMITS, max_rows=2)).code == "too_many_rows"
 
 
 def test_exactly_the_row_limit_is_accepted() -> None:
     text = HEADER + "\n" + "".join(f"{i},Mug,{A}\n" for i in range(1, 4)) + "\n\n"
 
-    assert len(parse_text(text, Limits(max_rows=3)).rows) == 3
+    assert len(parse_text(text, replace(DEFAULT_LIMITS, max_rows=3)).rows) == 3
 
 
 def test_csv_error_survives_pickling() -> None:
@@ -525,7 +533,7 @@ def test_csv_error_survives_pickling() -> None:
 
 def outcome(data: bytes) -> str:
     try:
-        result = parse(data)
+        result = parse(data, DEFAULT_LIMITS)
     except CsvError as error:
         return error.code
     return type(result).__name__
@@ -590,7 +598,7 @@ def test_any_well_formed_file_reads_back_as_written(
     writer.writerow(["S. No", "Product Name", "Input Image Urls"])
     for n, (name, urls) in enumerate(rows, start=1):
         writer.writerow([str(n), name, ",".join(urls)])
-    parsed = parse(buffer.getvalue().encode())
+    parsed = parse(buffer.getvalue().encode(), DEFAULT_LIMITS)
     assert [(row.serial, row.name, list(row.urls)) for row in parsed.rows] == [
         (str(n), name, urls) for n, (name, urls) in enumerate(rows, start=1)
     ]

@@ -13,14 +13,17 @@ from urllib.parse import urlsplit
 import pytest
 
 from imgcrunch.address_guard import AddressGuard, is_public, literal_address
+from imgcrunch.config import Settings
 from imgcrunch.fetcher import Fetcher, FetchLimits, is_http_url
 from imgcrunch.http_errors import FetchError, retry_after_seconds
-from tests.conftest import PHOTOS, ImageServer, free_port
+from tests.conftest import PHOTOS, ImageServer
+from tests.service_process import free_port
 
 pytestmark = pytest.mark.anyio
 
 OPEN = AddressGuard(allow_private_networks=True)
-LOCAL = FetchLimits(guard=OPEN, read_timeout=1, total_timeout=3)
+GUARDED = FetchLimits.from_settings(Settings(), guard=AddressGuard())
+LOCAL = replace(GUARDED, guard=OPEN, read_timeout=1, total_timeout=3)
 
 
 async def fetch(url: str, limits: FetchLimits = LOCAL) -> bytes:
@@ -60,7 +63,7 @@ async def test_a_stalled_body_times_out(image_server: ImageServer) -> None:
 
 
 async def test_the_size_cap_holds_while_streaming(image_server: ImageServer) -> None:
-    limits = FetchLimits(guard=OPEN, max_bytes=1000)
+    limits = replace(LOCAL, max_bytes=1000)
     error = await failure(image_server.url(f"/photos/{PHOTOS[0].name}"), limits)
     assert error.code == "too_large"
     assert "1,000 byte limit" in error.message
@@ -78,7 +81,7 @@ async def test_an_unknown_host_is_a_dns_error() -> None:
 
 async def test_private_addresses_are_refused_unless_allowed(image_server: ImageServer) -> None:
     url = image_server.url(f"/photos/{PHOTOS[0].name}")
-    error = await failure(url, FetchLimits())
+    error = await failure(url, GUARDED)
     assert error.code == "blocked_address"
     assert error.message.startswith("127.0.0.1 is not a public address")
     assert "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS" in error.message
@@ -113,7 +116,7 @@ async def test_a_redirect_off_the_web_is_refused(image_server: ImageServer) -> N
     ],
 )
 async def test_non_public_destinations_are_refused_before_connecting(url: str) -> None:
-    error = await failure(url, FetchLimits(connect_timeout=1, total_timeout=2))
+    error = await failure(url, replace(GUARDED, connect_timeout=1, total_timeout=2))
     assert error.code == "blocked_address"
     assert "is not a public address" in error.message
 
@@ -187,7 +190,7 @@ def test_other_spellings_of_an_address_are_read_as_that_address(host: str) -> No
     ],
 )
 async def test_spelled_and_mapped_addresses_are_refused_before_connecting(url: str) -> None:
-    error = await failure(url, FetchLimits(connect_timeout=1, total_timeout=2))
+    error = await failure(url, replace(GUARDED, connect_timeout=1, total_timeout=2))
     assert error.code == "blocked_address", error.message
 
 
@@ -202,9 +205,8 @@ async def test_credentials_in_a_url_are_refused(image_server: ImageServer) -> No
 def allowing(image_server: ImageServer) -> FetchLimits:
     """The guard on, with the test server admitted by its exact host and port."""
     netloc = urlsplit(image_server.base_url).netloc
-    return FetchLimits(
-        guard=AddressGuard(allowed_hosts=frozenset({netloc})), connect_timeout=1, total_timeout=3
-    )
+    guard = AddressGuard(allowed_hosts=frozenset({netloc}))
+    return replace(GUARDED, guard=guard, connect_timeout=1, total_timeout=3)
 
 
 async def test_an_allowed_host_and_port_is_admitted_and_no_other(image_server: ImageServer) -> None:
@@ -309,13 +311,18 @@ async def test_one_origin_gets_at_most_its_share_of_slots() -> None:
             await release.wait()
             holding[name] -= 1
 
+    async def settle() -> None:
+        """Let every task run until it holds a slot or waits for one: no timers are involved."""
+        for _ in range(20):
+            await asyncio.sleep(0)
+
     slow = [
         asyncio.create_task(hold("slow", f"http://slow.example:8080/{n}.jpg")) for n in range(5)
     ]
-    await asyncio.sleep(0.05)
+    await settle()
     # Five wait on one origin; another origin (another port counts) is not held up by them.
     other = asyncio.create_task(hold("other", "http://slow.example:8081/a.jpg"))
-    await asyncio.sleep(0.05)
+    await settle()
     assert (holding["slow"], holding["other"]) == (2, 1)
     release.set()
     await asyncio.gather(*slow, other)

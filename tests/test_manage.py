@@ -138,7 +138,13 @@ def test_cancel_mid_request_processes_no_image_after_it(
                 time.sleep(0.02)
             cancelled = client.post(f"/requests/{request_id}/cancel")
             asked_at_cancel = fetched(image_server, urls)
-            time.sleep(1.0)  # five more images' worth of time, were any started
+            # A later request, done from start to finish: the cancelled one has waited longer,
+            # so any image of it still to be started would have been claimed before these.
+            later = image_server.photo_urls(2, tag="after-cancel-")
+            after = service.upload(
+                "S. No,Product Name,Input Image Urls\n" + f'1,Q,"{later[0]},{later[1]}"\n'
+            ).json()["request_id"]
+            assert service.wait_until_finished(after)["status"] == "completed"
             asked_later = fetched(image_server, urls)
             status = client.get(f"/status/{request_id}").json()
             again = client.post(f"/requests/{request_id}/cancel")

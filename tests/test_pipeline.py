@@ -38,6 +38,7 @@ class Told:
 
 @dataclass
 class Running:
+    settings: Settings
     runtime: Runtime
     told: Told
 
@@ -49,7 +50,7 @@ class Running:
                 session,
                 self.runtime.storage,
                 data,
-                csvio.parse(data),
+                csvio.parse(data, csvio.Limits.from_settings(self.settings)),
                 quality=50,
                 effort=Effort.BALANCED,
             )
@@ -85,7 +86,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             settings, sessions, codec_workers=2, codec_processes=False, on_finished=told
         ) as runtime,
     ):
-        yield Running(runtime, told)
+        yield Running(settings, runtime, told)
 
 
 def output_rows(running: Running, request: Request) -> list[dict[str, str]]:
@@ -139,7 +140,7 @@ async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(
     running: Running, image_server: ImageServer
 ) -> None:
     request_id = await running.accept(f"1,A,{image_server.photo_urls(1, tag='pipeline-lost-')[0]}")
-    running.runtime.storage.path(input_csv_key(request_id)).unlink()
+    (running.settings.storage_root / input_csv_key(request_id)).unlink()
     await running.runtime.pipeline.resume(request_id)
     request = await running.request(request_id)
     assert request.status == "failed"

@@ -177,7 +177,9 @@ async def test_recording_a_result_twice_counts_it_once(sessions: SessionFactory)
         failed = await repository.failed_images(session, request_id, limit=10)
     assert request is not None
     assert (request.done_images, request.failed_images, request.bytes_in) == (1, 1, 10)
-    assert [(f.row_number, f.url, f.code) for f in failed] == [("1", "http://a/2", "http_error")]
+    assert [(f.row_number, f.source_url, f.error_code) for f in failed] == [
+        ("1", "http://a/2", "http_error")
+    ]
 
 
 async def finish(sessions: SessionFactory, request_id: uuid.UUID, event_id: str) -> bool:

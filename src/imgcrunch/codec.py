@@ -187,7 +187,6 @@ class Compressed:
     height: int
     # The input JPEG's own picture, without its metadata: re-encoding would not have been smaller.
     kept_original: bool = False
-    media_type: str = "image/jpeg"
     extension: str = "jpg"
 
 

@@ -9,8 +9,6 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from imgcrunch.signing import secret_key  # the one definition of a usable secret (stdlib only)
-
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -85,7 +83,7 @@ class Settings(BaseSettings):
 
     webhook_timeout: float = Field(default=10.0, gt=0)
     # `whsec_<base64>`, comma-separated; each signs every delivery (rotation). None: one is made
-    # and kept in <data dir>/webhook-secret.
+    # and kept in <data dir>/webhook-secret. Checked where they sign (webhooks.signing_secrets).
     webhook_secret: Annotated[tuple[str, ...], NoDecode] = ()
     # Seconds to wait before each retry of a failed delivery (with jitter); then it gives up.
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (
@@ -115,13 +113,6 @@ class Settings(BaseSettings):
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("webhook_secret")
-    @classmethod
-    def _usable_secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for secret in value:
-            secret_key(secret)
         return value
 
     @field_validator("webhook_retry_schedule")

@@ -12,7 +12,11 @@ import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from imgcrunch.config import Settings
 
 __all__ = [
     "OUTPUT_HEADER",
@@ -29,10 +33,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_rows: int = 50_000  # data rows
-    max_urls_per_row: int = 100
-    max_url_length: int = 2048
+    """What an input file may hold; the configurable ones come from `Settings`, never restated."""
+
+    max_rows: int  # data rows
+    max_urls_per_row: int
+    max_url_length: int
     max_problems: int = 1000  # problems reported at most, then one saying how many more
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_rows=settings.max_csv_rows,
+            max_urls_per_row=settings.max_urls_per_row,
+            max_url_length=settings.max_url_length,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +478,7 @@ def _quoted(value: str) -> str:
 # Public functions
 
 
-def parse(data: bytes, limits: Limits = Limits()) -> ParsedCsv:
+def parse(data: bytes, limits: Limits) -> ParsedCsv:
     """Every row of an input CSV, or one CsvError naming everything wrong with it.
 
     Raises CsvError and nothing else, whatever the bytes.

@@ -11,7 +11,8 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,6 +26,9 @@ from imgcrunch.address_guard import (
 )
 from imgcrunch.http_errors import FetchError, client_error, retry_after_seconds
 
+if TYPE_CHECKING:
+    from imgcrunch.config import Settings
+
 USER_AGENT = "imgcrunch/0.1 (+https://github.com/imgcrunch/imgcrunch)"
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -32,15 +36,31 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchLimits:
-    max_bytes: int = 25 * 1024 * 1024
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    total_timeout: float = 60.0
-    max_redirects: int = 5
-    retries: int = 2  # further attempts after a transient failure (timeout, 429, 5xx...)
-    retry_backoff: float = 0.5  # seconds; doubled at each attempt, with full jitter
-    per_host: int = 8  # downloads from one origin at once (see Fetcher.host_slot)
-    guard: AddressGuard = field(default_factory=AddressGuard)
+    """What bounds a download. No defaults here: `Settings` is the one place that has them."""
+
+    max_bytes: int
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float
+    max_redirects: int
+    retries: int  # further attempts after a transient failure (timeout, 429, 5xx...)
+    retry_backoff: float  # seconds; doubled at each attempt, with full jitter
+    per_host: int  # downloads from one origin at once (see Fetcher.host_slot)
+    guard: AddressGuard
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, guard: AddressGuard) -> FetchLimits:
+        return cls(
+            max_bytes=settings.max_download_bytes,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            total_timeout=settings.fetch_timeout,
+            max_redirects=settings.max_redirects,
+            retries=settings.fetch_retries,
+            retry_backoff=settings.fetch_retry_backoff,
+            per_host=settings.fetch_concurrency_per_host,
+            guard=guard,
+        )
 
 
 @dataclass(slots=True)

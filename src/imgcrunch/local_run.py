@@ -8,7 +8,6 @@ with `file://` URLs, and the database in `OUT/imgcrunch.db`.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,13 +57,8 @@ def settings_for(run: LocalRun, base: Settings) -> Settings:
 def process(run: LocalRun, base: Settings, console: Console) -> int:
     """Process the CSV, showing progress; returns the exit code."""
     data = run.csv_path.read_bytes()
-    limits = csvio.Limits(
-        max_rows=base.max_csv_rows,
-        max_urls_per_row=base.max_urls_per_row,
-        max_url_length=base.max_url_length,
-    )
     try:
-        parsed = csvio.parse(data, limits)
+        parsed = csvio.parse(data, csvio.Limits.from_settings(base))
     except csvio.CsvError as error:
         console.print(f"[red]{run.csv_path}: {error.message}[/red]")
         for problem in error.problems:
@@ -115,7 +109,7 @@ async def _process(
     output = None
     if request.output_key:
         output_path = run.out / f"{run.csv_path.stem}.output.csv"
-        shutil.copyfile(runtime.storage.path(request.output_key), output_path)
+        output_path.write_bytes(runtime.storage.get(request.output_key))
         output = str(output_path)
     progress.summary(
         console,
@@ -123,7 +117,12 @@ async def _process(
         seconds=time.monotonic() - started,
         output=output,
         failures=[
-            progress.FailedImage(row=f.row_number, url=f.url, code=f.code, message=f.message)
+            progress.FailedImage(
+                row=f.row_number,
+                url=f.source_url,
+                code=f.error_code or "unknown",
+                message=f.error_message or "",
+            )
             for f in failures
         ],
         more_failures=max(0, request.failed_images - len(failures)),

@@ -84,7 +84,6 @@ class Request(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     quality: Mapped[int] = mapped_column(Integer)
     effort: Mapped[str] = mapped_column(String(16), server_default="balanced")  # codec.Effort
-    output_format: Mapped[str] = mapped_column(String(16), default="jpeg")
     extra_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
     total_images: Mapped[int] = mapped_column(Integer)
     done_images: Mapped[int] = mapped_column(Integer, default=0)

@@ -387,7 +387,7 @@ def _output_row(
     )
 
 
-def _errors(images: Sequence[repository.ImageOutcome]) -> list[str]:
+def _errors(images: Sequence[repository.ImageRow]) -> list[str]:
     return [
         f"{image.source_url}: {image.error_code}: {image.error_message}"
         for image in images

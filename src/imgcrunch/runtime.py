@@ -18,14 +18,14 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
 from imgcrunch.fetcher import Fetcher, FetchLimits
 from imgcrunch.pipeline import FinishedHook, Pipeline, PipelineOptions
-from imgcrunch.storage import LocalStorage
+from imgcrunch.storage import Storage, open_storage
 from imgcrunch.webhooks import Deliverer, DeliveryPolicy, signing_secrets
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
     sessions: SessionFactory
-    storage: LocalStorage
+    storage: Storage
     pipeline: Pipeline
     deliverer: Deliverer
 
@@ -62,29 +62,15 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """`codec_processes`: compress in worker processes (see codec_pool), else in threads.
     `on_finished`: how this mode has a finished request's webhook events sent."""
-    storage = LocalStorage(settings.storage_root)
+    storage = open_storage(settings.storage_root)
     codec.configure(concurrency=1)  # parallel across images, one worker each, not within one
     codec_pool = CodecPool(workers=codec_workers, processes=codec_processes)
     guard = address_guard(settings)
-    fetcher = Fetcher(
-        FetchLimits(
-            max_bytes=settings.max_download_bytes,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            total_timeout=settings.fetch_timeout,
-            max_redirects=settings.max_redirects,
-            retries=settings.fetch_retries,
-            retry_backoff=settings.fetch_retry_backoff,
-            per_host=settings.fetch_concurrency_per_host,
-            guard=guard,
-        )
-    )
+    fetcher = Fetcher(FetchLimits.from_settings(settings, guard=guard))
     deliverer = Deliverer(
         sessions,
         signing_secrets=signing_secrets(settings.webhook_secret, settings.data_dir),
-        policy=DeliveryPolicy(
-            timeout=settings.webhook_timeout, retry_schedule=settings.webhook_retry_schedule
-        ),
+        policy=DeliveryPolicy.from_settings(settings),
         guard=guard,
     )
     pipeline = Pipeline(

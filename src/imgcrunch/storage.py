@@ -29,12 +29,24 @@ class Storage(Protocol):
     def sync(self, keys: Iterable[str]) -> None:
         """Make what `put(durable=False)` stored at these keys survive a crash of the machine."""
 
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str) -> bytes:
+        """What is stored at `key`; FileNotFoundError if nothing is."""
 
     def exists(self, key: str) -> bool: ...
 
     def remove_request(self, request_id: uuid.UUID) -> None:
         """Every file of the request: its images and its kept and output CSVs."""
+
+    def remove_partial_writes(self, *, older_than: float = 0.0) -> int:
+        """Remove what writes that never finished (their process died) left behind, if older
+        than `older_than` seconds; returns how many."""
+
+
+def open_storage(root: Path) -> Storage:
+    """The storage the settings name: today, the folder at `root`."""
+    storage = LocalStorage(root)
+    storage.path("images").mkdir(parents=True, exist_ok=True)
+    return storage
 
 
 def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
@@ -99,7 +111,10 @@ class LocalStorage:
             _fsync_folder(folder)
 
     def get(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        path = self.path(key)
+        if not path.is_file():  # a folder reads as IsADirectoryError; nothing is stored there
+            raise FileNotFoundError(key)
+        return path.read_bytes()
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
@@ -28,6 +29,9 @@ from imgcrunch.http_errors import FetchError, client_error, retry_after_seconds
 from imgcrunch.models import DeliveryStatus, Request, RequestStatus, WebhookDelivery, utcnow
 from imgcrunch.signing import new_secret, secret_key, signature_header
 
+if TYPE_CHECKING:
+    from imgcrunch.config import Settings
+
 log = logging.getLogger(__name__)
 
 COMPLETED = "request.completed"
@@ -37,7 +41,13 @@ SECRET_FILE = "webhook-secret"  # in the data folder, when IMGCRUNCH_WEBHOOK_SEC
 
 
 def signing_secrets(configured: Sequence[str], data_dir: Path) -> tuple[str, ...]:
-    """The configured secrets, or the one kept in the data folder, made on first use."""
+    """The configured secrets, or the one kept in the data folder, made on first use.
+    ValueError, naming the setting but not the secret, if a configured one is unusable."""
+    for secret in configured:
+        try:
+            secret_key(secret)
+        except ValueError as error:
+            raise ValueError(f"IMGCRUNCH_WEBHOOK_SECRET: {error}") from None
     if configured:
         return tuple(configured)
     return (_kept_secret(data_dir / SECRET_FILE),)
@@ -95,10 +105,14 @@ def finished_event(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryPolicy:
-    timeout: float = 10.0  # per attempt
-    retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 86400)
+    timeout: float  # per attempt
+    retry_schedule: tuple[float, ...]  # the waits before each retry; then it gives up
     jitter: float = 0.2  # each wait is the schedule's, give or take this share
     longest_retry_after: float = 86400  # a receiver's Retry-After is honoured up to this
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(timeout=settings.webhook_timeout, retry_schedule=settings.webhook_retry_schedule)
 
     def after(
         self, attempt: int, outcome: Outcome, now: datetime

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgcrunch import __version__
 from imgcrunch.api import errors
-from imgcrunch.api.routes import health, manage, requests, upload, web, webhooks
+from imgcrunch.api.routes import health, images, manage, requests, upload, web, webhooks
 from imgcrunch.api.services import running_services
 from imgcrunch.config import Settings
 
@@ -33,14 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     errors.install(app)
-    for module in (upload, requests, manage, webhooks, health, web):
+    for module in (upload, requests, manage, webhooks, images, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
-    app.mount(
-        "/images",
-        StaticFiles(directory=settings.storage_root / "images", check_dir=False),
-        name="images",
-    )
     app.add_middleware(_IgnoreTrailingSlash)
     return app
 

@@ -10,9 +10,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imgcrunch import models, repository
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.services import Services
 from imgcrunch.config import Settings
+from imgcrunch.public_urls import PublicUrls
 
 
 def get_services(request: Request) -> Services:
@@ -28,6 +30,13 @@ def get_settings(services: ServicesDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_urls(services: ServicesDep) -> PublicUrls:
+    return services.urls
+
+
+UrlsDep = Annotated[PublicUrls, Depends(get_urls)]
 
 
 async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
@@ -76,3 +85,17 @@ def _unauthorized(message: str) -> ApiError:
 
 
 OwnerDep = Annotated[str | None, Depends(current_owner)]
+
+
+async def owned_request(
+    session: SessionDep, request_id: RequestIdDep, owner: OwnerDep
+) -> models.Request:
+    """The request named in the path, if the caller may see it; 404 otherwise."""
+    request = await repository.get_request(session, request_id)
+    # Another key's request is not found, exactly like an unknown one: ids leak nothing.
+    if request is None or (owner is not None and request.owner != owner):
+        raise ApiError(404, "not_found", f"no request {request_id}")
+    return request
+
+
+OwnedRequestDep = Annotated[models.Request, Depends(owned_request)]

@@ -11,8 +11,9 @@ from imgcrunch.api.auth import ApiKeys
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
+from imgcrunch.public_urls import PublicUrls
 from imgcrunch.runtime import address_guard, open_runtime, open_sessions
-from imgcrunch.storage import LocalStorage
+from imgcrunch.storage import Storage, open_storage
 
 BrokerCheck = Callable[[], Awaitable[None]]
 
@@ -21,19 +22,19 @@ BrokerCheck = Callable[[], Awaitable[None]]
 class Services:
     settings: Settings
     sessions: SessionFactory
-    storage: LocalStorage
+    storage: Storage
     dispatcher: Dispatcher
     check_broker: BrokerCheck | None  # None in embedded mode, which has no broker
     guard: AddressGuard  # webhook URLs are checked against it at upload
     api_keys: ApiKeys
+    urls: PublicUrls
 
 
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         sessions = await stack.enter_async_context(open_sessions(settings))
-        storage = LocalStorage(settings.storage_root)
-        (settings.storage_root / "images").mkdir(parents=True, exist_ok=True)
+        storage = open_storage(settings.storage_root)
         check_broker: BrokerCheck | None = None
         if settings.queue == "celery":
             celery_dispatcher = CeleryDispatcher(settings)
@@ -51,6 +52,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             check_broker,
             address_guard(settings),
             ApiKeys.parse(settings.api_keys),
+            PublicUrls(settings.public_base_url),
         )
 
 

@@ -26,10 +26,7 @@ from imgcrunch.repository.outbox import (
     seconds_until_delivery_due,
 )
 from imgcrunch.repository.requests import (
-    FailedImage,
-    ImageOutcome,
     ImageRow,
-    KeptImage,
     ProductOutcome,
     cancel_request,
     count_active_requests,
@@ -66,11 +63,8 @@ __all__ = [
     "Batch",
     "Claim",
     "ClaimedImage",
-    "FailedImage",
-    "ImageOutcome",
     "ImageResult",
     "ImageRow",
-    "KeptImage",
     "NewEvent",
     "NewRequest",
     "ProductOutcome",

@@ -6,16 +6,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    delete,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import ColumnElement, delete, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgcrunch.models import (
@@ -36,59 +28,77 @@ async def get_request(session: AsyncSession, request_id: uuid.UUID) -> Request |
 
 
 @dataclass(frozen=True, slots=True)
-class FailedImage:
-    row_number: str
+class ImageRow:
+    """One image of a request with the product it belongs to: the one row type that every
+    read of a request's images returns."""
+
+    row_number: str  # the product's S. No. as written in the input
     product_name: str
-    url: str
-    code: str
-    message: str
+    source_url: str
+    status: str
+    output_key: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    width: int | None
+    height: int | None
+    kept_original: bool
+    error_code: str | None
+    error_message: str | None
+
+
+_IMAGE_ROW = (
+    Product.row_number,
+    Product.product_name,
+    Image.source_url,
+    Image.status,
+    Image.output_key,
+    Image.bytes_in,
+    Image.bytes_out,
+    Image.width,
+    Image.height,
+    Image.kept_original,
+    Image.error_code,
+    Image.error_message,
+)
 
 
 async def failed_images(
     session: AsyncSession, request_id: uuid.UUID, *, limit: int
-) -> list[FailedImage]:
-    result = await session.execute(
-        _images_in_file_order(
-            request_id,
-            Image.status == ImageStatus.FAILED,
-            limit,
-            Image.error_code,
-            Image.error_message,
-        )
-    )
-    return [
-        FailedImage(row_number, name, url, code or "unknown", message or "")
-        for row_number, name, url, code, message in result
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class KeptImage:
-    row_number: str
-    product_name: str
-    url: str
+) -> list[ImageRow]:
+    return await _image_rows(session, request_id, Image.status == ImageStatus.FAILED, limit=limit)
 
 
 async def kept_images(
     session: AsyncSession, request_id: uuid.UUID, *, limit: int
-) -> list[KeptImage]:
+) -> list[ImageRow]:
     """Images done by keeping the original: re-encoding would not have made them smaller."""
+    return await _image_rows(session, request_id, Image.kept_original.is_(True), limit=limit)
+
+
+async def request_images(
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int, offset: int
+) -> list[ImageRow]:
+    """The request's images in the order of the input file: rows, then URLs within a row."""
+    return await _image_rows(session, request_id, true(), limit=limit, offset=offset)
+
+
+async def _image_rows(
+    session: AsyncSession,
+    request_id: uuid.UUID,
+    condition: ColumnElement[bool],
+    *,
+    limit: int,
+    offset: int = 0,
+) -> list[ImageRow]:
     result = await session.execute(
-        _images_in_file_order(request_id, Image.kept_original.is_(True), limit)
-    )
-    return [KeptImage(row_number, name, url) for row_number, name, url in result]
-
-
-def _images_in_file_order(
-    request_id: uuid.UUID, condition: ColumnElement[bool], limit: int, *columns: Any
-) -> Select[Any]:
-    return (
-        select(Product.row_number, Product.product_name, Image.source_url, *columns)
+        select(*_IMAGE_ROW)
         .join(Product, Product.id == Image.product_id)
         .where(Image.request_id == request_id, condition)
         .order_by(Product.position, Image.position)
         .limit(limit)
+        .offset(offset)
     )
+    return [ImageRow(*tuple(row)) for row in result]
 
 
 @dataclass(slots=True)
@@ -96,19 +106,7 @@ class ProductOutcome:
     row_number: str
     product_name: str
     extra: list[str]
-    images: list[ImageOutcome] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class ImageOutcome:
-    source_url: str
-    status: str
-    output_key: str | None
-    bytes_in: int | None
-    bytes_out: int | None
-    kept_original: bool
-    error_code: str | None
-    error_message: str | None
+    images: list[ImageRow] = field(default_factory=list)
 
 
 async def product_outcomes(
@@ -116,20 +114,7 @@ async def product_outcomes(
 ) -> AsyncIterator[ProductOutcome]:
     """Products in file order, each with its images in row order; streamed, not loaded whole."""
     result = await session.stream(
-        select(
-            Product.id,
-            Product.row_number,
-            Product.product_name,
-            Product.extra,
-            Image.source_url,
-            Image.status,
-            Image.output_key,
-            Image.bytes_in,
-            Image.bytes_out,
-            Image.kept_original,
-            Image.error_code,
-            Image.error_message,
-        )
+        select(Product.id, Product.extra, *_IMAGE_ROW)
         .join(Image, Image.product_id == Product.id)
         .where(Product.request_id == request_id)
         .order_by(Product.position, Image.position)
@@ -137,13 +122,15 @@ async def product_outcomes(
     )
     current: ProductOutcome | None = None
     current_id = None
-    async for product_id, row_number, name, extra, *image in result:
+    async for product_id, extra, *image in result:
+        row = ImageRow(*image)
         if product_id != current_id:
             if current is not None:
                 yield current
-            current, current_id = ProductOutcome(row_number, name, list(extra)), product_id
+            current = ProductOutcome(row.row_number, row.product_name, list(extra))
+            current_id = product_id
         assert current is not None
-        current.images.append(ImageOutcome(*image))
+        current.images.append(row)
     if current is not None:
         yield current
 
@@ -267,50 +254,6 @@ async def retry_failed_images(
         .execution_options(synchronize_session=False)
     )
     return retried
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRow:
-    row_number: str
-    product_name: str
-    source_url: str
-    status: str
-    output_key: str | None
-    bytes_in: int | None
-    bytes_out: int | None
-    width: int | None
-    height: int | None
-    kept_original: bool
-    error_code: str | None
-    error_message: str | None
-
-
-async def request_images(
-    session: AsyncSession, request_id: uuid.UUID, *, limit: int, offset: int
-) -> list[ImageRow]:
-    """The request's images in the order of the input file: rows, then URLs within a row."""
-    result = await session.execute(
-        select(
-            Product.row_number,
-            Product.product_name,
-            Image.source_url,
-            Image.status,
-            Image.output_key,
-            Image.bytes_in,
-            Image.bytes_out,
-            Image.width,
-            Image.height,
-            Image.kept_original,
-            Image.error_code,
-            Image.error_message,
-        )
-        .join(Product, Product.id == Image.product_id)
-        .where(Image.request_id == request_id)
-        .order_by(Product.position, Image.position)
-        .limit(limit)
-        .offset(offset)
-    )
-    return [ImageRow(*tuple(row)) for row in result]
 
 
 async def ping(session: AsyncSession) -> None:

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from imgcrunch import repository
-from imgcrunch.api.deps import OwnerDep, RequestIdDep, ServicesDep, SessionDep, SettingsDep
+from imgcrunch.api.deps import OwnedRequestDep, OwnerDep, ServicesDep, SessionDep, UrlsDep
 from imgcrunch.api.errors import ApiError
-from imgcrunch.api.routes.requests import download_url, figures, load_request
-from imgcrunch.api.schemas import (
-    ErrorBody,
-    ImageInfo,
-    ImageList,
-    Progress,
-    RequestList,
-    RequestSummary,
-)
-from imgcrunch.config import Settings
-from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
-from imgcrunch.public_urls import PublicUrls
+from imgcrunch.api.presenting import error_responses, image_info, summary
+from imgcrunch.api.schemas import ImageList, RequestList, RequestSummary
+from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
 
 router = APIRouter(tags=["requests"])
 
@@ -30,11 +21,11 @@ _PAGE = 20
 _MAX_PAGE = 100
 
 
-@router.get("/requests", response_model=RequestList, responses={401: {"model": ErrorBody}})
+@router.get("/requests", response_model=RequestList, responses=error_responses(401))
 async def list_requests(
     owner: OwnerDep,
     session: SessionDep,
-    settings: SettingsDep,
+    urls: UrlsDep,
     status: Annotated[RequestStatus | None, Query(description="only those in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=_MAX_PAGE)] = _PAGE,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
@@ -44,90 +35,53 @@ async def list_requests(
     found = await repository.list_requests(
         session, owner=owner, status=status, limit=limit + 1, offset=offset
     )
-    page = [_summary(request, settings) for request in found[:limit]]
+    page = [summary(request, urls) for request in found[:limit]]
     next_url = None
     if len(found) > limit:
         query = f"limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
-        next_url = PublicUrls(settings.public_base_url).page(f"/requests?{query}")
+        next_url = urls.page(f"/requests?{query}")
     return RequestList(requests=page, next_url=next_url)
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409)}
+_ERRORS = error_responses(401, 404, 409)
 
 
 @router.get(
     "/requests/{request_id}/images",
     response_model=ImageList,
-    responses={code: {"model": ErrorBody} for code in (401, 404)},
+    responses=error_responses(401, 404),
 )
 async def list_images(
-    owner: OwnerDep,
-    request_id: RequestIdDep,
+    request: OwnedRequestDep,
     session: SessionDep,
-    settings: SettingsDep,
+    urls: UrlsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ImageList:
     """Each image of the request, in the input's order: where it came from, what became of it
     (output URL, sizes) or why it failed."""
-    await load_request(session, request_id, owner)
-    found = await repository.request_images(session, request_id, limit=limit + 1, offset=offset)
-    urls = PublicUrls(settings.public_base_url)
-    images = [
-        ImageInfo(
-            row=image.row_number,
-            product_name=image.product_name,
-            source_url=image.source_url,
-            status=image.status,
-            output_url=urls.stored(image.output_key) if image.output_key else None,
-            bytes_in=image.bytes_in,
-            bytes_out=image.bytes_out,
-            width=image.width,
-            height=image.height,
-            kept_original=image.kept_original,
-            error_code=image.error_code,
-            error_message=image.error_message,
-        )
-        for image in found[:limit]
-    ]
+    found = await repository.request_images(session, request.id, limit=limit + 1, offset=offset)
+    images = [image_info(image, urls) for image in found[:limit]]
     next_url = None
     if len(found) > limit:
-        next_url = urls.page(f"/requests/{request_id}/images?limit={limit}&offset={offset + limit}")
+        next_url = urls.page(f"/requests/{request.id}/images?limit={limit}&offset={offset + limit}")
     return ImageList(images=images, next_url=next_url)
-
-
-def _summary(request: Request, settings: Settings) -> RequestSummary:
-    return RequestSummary(
-        request_id=request.id,
-        status=request.status,
-        progress=Progress.model_validate(request.progress()),
-        **figures(request, now=utcnow()),
-        status_url=PublicUrls(settings.public_base_url).status(request.id),
-        output_csv_url=download_url(request, settings),
-        created_at=request.created_at,
-        completed_at=request.completed_at,
-    )
 
 
 @router.post("/requests/{request_id}/cancel", response_model=RequestSummary, responses=_ERRORS)
 async def cancel(
-    owner: OwnerDep,
-    request_id: RequestIdDep,
-    session: SessionDep,
-    services: ServicesDep,
-    settings: SettingsDep,
+    request: OwnedRequestDep, session: SessionDep, services: ServicesDep, urls: UrlsDep
 ) -> RequestSummary:
     """Stop a queued or processing request: no image of it is started afterwards, and none
     still in flight is recorded. What was done stays (its files, its counts); it has no output
     CSV. The status becomes `cancelled`."""
-    request = await load_request(session, request_id, owner)
-    cancelled = await repository.cancel_request(session, request_id, now=utcnow())
+    cancelled = await repository.cancel_request(session, request.id, now=utcnow())
     await session.commit()
     await session.refresh(request)  # as the conditional update left it, or found it
     if not cancelled:
-        raise ApiError(409, "not_active", f"request {request_id} is {request.status} already")
-    services.dispatcher.cancel(request_id)
-    return _summary(request, settings)
+        raise ApiError(409, "not_active", f"request {request.id} is {request.status} already")
+    services.dispatcher.cancel(request.id)
+    return summary(request, urls)
 
 
 @router.post(
@@ -137,28 +91,23 @@ async def cancel(
     responses=_ERRORS,
 )
 async def retry(
-    owner: OwnerDep,
-    request_id: RequestIdDep,
-    session: SessionDep,
-    services: ServicesDep,
-    settings: SettingsDep,
+    request: OwnedRequestDep, session: SessionDep, services: ServicesDep, urls: UrlsDep
 ) -> RequestSummary:
     """Try a `completed_with_errors` request's failed images again (say, once their origin is
     back). The request is `processing` until they are done; then a new output CSV, and a new
     webhook event if it has a webhook."""
-    request = await load_request(session, request_id, owner)
-    retried = await repository.retry_failed_images(session, request_id, now=utcnow())
+    retried = await repository.retry_failed_images(session, request.id, now=utcnow())
     await session.commit()
     await session.refresh(request)
     if not retried:
         raise ApiError(
             409,
             "nothing_to_retry",
-            f"request {request_id} is {request.status}: only a request completed with errors "
+            f"request {request.id} is {request.status}: only a request completed with errors "
             "has failed images to retry",
         )
-    services.dispatcher.submit(request_id)
-    return _summary(request, settings)
+    services.dispatcher.submit(request.id)
+    return summary(request, urls)
 
 
 @router.delete(
@@ -168,22 +117,21 @@ async def retry(
     responses=_ERRORS,
 )
 async def delete_request(
-    owner: OwnerDep, request_id: RequestIdDep, session: SessionDep, services: ServicesDep
+    request: OwnedRequestDep, session: SessionDep, services: ServicesDep
 ) -> Response:
     """Remove a finished request: its rows, its images and its CSVs. The output URLs stop
     working. A request still queued or processing cannot be deleted."""
-    request = await load_request(session, request_id, owner)
     if request.status in ACTIVE_STATUSES:
         raise ApiError(
             409,
             "still_active",
-            f"request {request_id} is {request.status}; it can be deleted once it has finished",
+            f"request {request.id} is {request.status}; it can be deleted once it has finished",
         )
     # Rows first: were the files removed first and the rows not, the request would point at
     # files that are gone. Files left by a failed removal are only wasted space.
-    deleted = await repository.delete_request(session, request_id)
+    deleted = await repository.delete_request(session, request.id)
     await session.commit()
     if not deleted:
-        raise ApiError(404, "not_found", f"no request {request_id}")
-    await asyncio.to_thread(services.storage.remove_request, request_id)
+        raise ApiError(404, "not_found", f"no request {request.id}")
+    await asyncio.to_thread(services.storage.remove_request, request.id)
     return Response(status_code=204)

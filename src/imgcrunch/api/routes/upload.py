@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
@@ -11,19 +11,17 @@ from imgcrunch import csvio, pipeline, repository
 from imgcrunch.address_guard import AddressGuard, check_url
 from imgcrunch.api.deps import OwnerDep, ServicesDep, SessionDep, SettingsDep
 from imgcrunch.api.errors import ApiError
-from imgcrunch.api.schemas import Accepted, ErrorBody
+from imgcrunch.api.presenting import error_responses
+from imgcrunch.api.schemas import Accepted
 from imgcrunch.codec import Effort
 from imgcrunch.fetcher import is_http_url
 from imgcrunch.http_errors import FetchError
-from imgcrunch.public_urls import PublicUrls
 
 router = APIRouter(tags=["requests"])
 
 _CHUNK = 1024 * 1024
 _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 413, 422, 429)
-}
+_ERRORS = error_responses(401, 413, 422, 429)
 _FIELDS = ("file", "webhook_url", "quality", "effort")
 
 
@@ -59,11 +57,7 @@ async def upload(
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
-    limits = csvio.Limits(
-        max_rows=settings.max_csv_rows,
-        max_urls_per_row=settings.max_urls_per_row,
-        max_url_length=settings.max_url_length,
-    )
+    limits = csvio.Limits.from_settings(settings)
     try:
         parsed = await asyncio.to_thread(csvio.parse, data, limits)
     except csvio.CsvError as exc:
@@ -83,7 +77,7 @@ async def upload(
     return Accepted(
         request_id=request_id,
         status="queued",
-        status_url=PublicUrls(settings.public_base_url).status(request_id),
+        status_url=services.urls.status(request_id),
         total_images=parsed.image_count,
     )
 

@@ -1,0 +1,148 @@
+"""The pieces that several routes' responses share, each built in one place: a request's
+figures and summary, its images as the API shows them, its webhook state, the error answers
+a route documents. URLs come from `public_urls`; the routes only assemble.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imgcrunch import repository
+from imgcrunch.api.schemas import (
+    ErrorBody,
+    ImageError,
+    ImageInfo,
+    KeptOriginal,
+    Progress,
+    RequestSummary,
+    WebhookAttemptInfo,
+    WebhookState,
+)
+from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request, utcnow
+from imgcrunch.public_urls import PublicUrls
+
+_HISTORY = 20  # webhook attempts shown; a schedule has 8 at most
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that may answer these error statuses."""
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+def download_url(request: Request, urls: PublicUrls) -> str | None:
+    return urls.download(request.id) if request.output_key else None
+
+
+def figures(request: Request, *, now: datetime) -> dict[str, Any]:
+    """The fields of schemas.Figures for a request, as of `now`."""
+    finished = request.done_images + request.failed_images
+    savings = None
+    if request.bytes_in:
+        savings = round(100 * (1 - request.bytes_out / request.bytes_in), 1)
+    rate = eta = None
+    if request.started_at and finished:
+        end = request.completed_at or now
+        elapsed = (end - request.started_at).total_seconds()
+        if elapsed > 0:
+            rate = round(finished / elapsed, 2)
+            if request.status in ACTIVE_STATUSES:
+                eta = round((request.total_images - finished) / rate, 1)
+    return {
+        "bytes_in": request.bytes_in,
+        "bytes_out": request.bytes_out,
+        "savings_percent": savings,
+        "images_per_second": rate,
+        "eta_seconds": eta,
+    }
+
+
+def progress(request: Request) -> Progress:
+    return Progress.model_validate(request.progress())
+
+
+def summary(request: Request, urls: PublicUrls) -> RequestSummary:
+    return RequestSummary(
+        request_id=request.id,
+        status=request.status,
+        progress=progress(request),
+        **figures(request, now=utcnow()),
+        status_url=urls.status(request.id),
+        output_csv_url=download_url(request, urls),
+        created_at=request.created_at,
+        completed_at=request.completed_at,
+    )
+
+
+def image_error(image: repository.ImageRow) -> ImageError:
+    return ImageError(
+        row=image.row_number,
+        product_name=image.product_name,
+        url=image.source_url,
+        code=image.error_code or "unknown",
+        message=image.error_message or "",
+    )
+
+
+def kept_original(image: repository.ImageRow) -> KeptOriginal:
+    return KeptOriginal(row=image.row_number, product_name=image.product_name, url=image.source_url)
+
+
+def image_info(image: repository.ImageRow, urls: PublicUrls) -> ImageInfo:
+    return ImageInfo(
+        row=image.row_number,
+        product_name=image.product_name,
+        source_url=image.source_url,
+        status=image.status,
+        output_url=urls.stored(image.output_key) if image.output_key else None,
+        bytes_in=image.bytes_in,
+        bytes_out=image.bytes_out,
+        width=image.width,
+        height=image.height,
+        kept_original=image.kept_original,
+        error_code=image.error_code,
+        error_message=image.error_message,
+    )
+
+
+async def webhook_state(session: AsyncSession, request: Request) -> WebhookState:
+    assert request.webhook_url is not None
+    delivery = await repository.latest_delivery(session, request.id)
+    if delivery is None:
+        return WebhookState(
+            url=request.webhook_url,
+            event_id=None,
+            state="waiting",
+            attempts=0,
+            response_status=None,
+            last_error=None,
+            next_attempt_at=None,
+            delivered_at=None,
+        )
+    attempts = (
+        await repository.delivery_attempts(session, delivery.id, limit=_HISTORY)
+        if delivery.attempts
+        else []
+    )
+    pending = delivery.status == DeliveryStatus.PENDING
+    return WebhookState(
+        url=delivery.url,
+        event_id=delivery.event_id,
+        state="failing" if pending and delivery.attempts else delivery.status,
+        attempts=delivery.attempts,
+        response_status=delivery.response_status,
+        last_error=delivery.last_error,
+        next_attempt_at=delivery.next_attempt_at if pending else None,
+        delivered_at=delivery.delivered_at,
+        history=[
+            WebhookAttemptInfo(
+                attempt=attempt.attempt,
+                at=attempt.attempted_at,
+                response_status=attempt.response_status,
+                error=attempt.error,
+            )
+            for attempt in attempts
+        ],
+    )

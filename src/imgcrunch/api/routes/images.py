@@ -1,0 +1,63 @@
+"""GET /images/{request}/{file}: the compressed images, as the output CSV links them.
+
+Read through the `Storage` protocol, so they are served the same from whichever store holds
+them. Keys are content hashes that never change content, so a client or CDN may keep each
+for good, and revalidation is answered 304 without reading the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import Response
+
+from imgcrunch.api.deps import ServicesDep
+from imgcrunch.api.errors import ApiError
+from imgcrunch.api.presenting import error_responses
+
+router = APIRouter(tags=["images"])
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+_NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg)")
+_MEDIA_TYPES = {"jpg": "image/jpeg"}
+
+
+@router.api_route(
+    "/images/{request_id}/{name}",
+    methods=["GET", "HEAD"],
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the compressed image"},
+        304: {"description": "not modified: the image named in If-None-Match"},
+        **error_responses(404),
+    },
+)
+async def image(
+    request_id: str,
+    name: str,
+    services: ServicesDep,
+    if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    found = _NAME.fullmatch(name)
+    if found is None or not _is_uuid(request_id):
+        raise ApiError(404, "not_found", f"no image {request_id}/{name}")
+    etag = f'"{found["digest"]}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if if_none_match is not None and etag in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
+    try:
+        data = await asyncio.to_thread(services.storage.get, f"images/{request_id}/{name}")
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"no image {request_id}/{name}") from None
+    return Response(data, media_type=_MEDIA_TYPES[found["extension"]], headers=headers)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
