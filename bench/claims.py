@@ -25,13 +25,13 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from harness import BenchError
 from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, ImageStatus, utcnow
 from imgcrunch.repository import ClaimedImage, NewRequest
 from scale_out import check_servers, fresh_database
-from throughput import BenchError
 
 REQUESTS = 3  # active at once, so the fair claim has a choice to make
 BATCH = 32  # IMGCRUNCH_BATCH_SIZE's default

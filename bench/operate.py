@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from throughput import (
+from harness import (
     RESULTS,
     BenchError,
     Origin,

@@ -28,8 +28,7 @@ import asyncpg
 import httpx
 import redis
 
-from imgcrunch import codec
-from throughput import (
+from harness import (
     RESULTS,
     ROOT,
     START_TIMEOUT,
@@ -47,14 +46,17 @@ from throughput import (
     load_photos,
     machine_busy_seconds,
     measure_codec_limit,
+    new_service,
     photo_sizes,
     run_end_to_end,
+    start,
     summarise,
     tree_cpu_seconds,
     upload,
     wait_until_completed,
     write_json,
 )
+from imgcrunch import codec
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "IMGCRUNCH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -170,9 +172,9 @@ def scale_out(workers: int) -> Iterator[Deployment]:
         fresh_database() as database_url,
         fresh_key_prefix() as prefix,
     ):
-        api = Service(
+        api = new_service(
             Path(folder),
-            settings={
+            {
                 "IMGCRUNCH_DATABASE_URL": database_url,
                 "IMGCRUNCH_QUEUE": "celery",
                 "IMGCRUNCH_BROKER_URL": REDIS_URL,
@@ -181,7 +183,7 @@ def scale_out(workers: int) -> Iterator[Deployment]:
         )
         started: list[subprocess.Popen[bytes]] = []
         try:
-            api.start()
+            start(api)
             started = _start_workers(workers, api)
             yield Deployment(api, started)
         except BaseException:

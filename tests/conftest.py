@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from imgcrunch.signing import WebhookVerificationError, verify
 from tests import servers
 from tests.imaging import heavily_compressed_photo, png_bomb
+from tests.service_process import ServiceProcess
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
@@ -403,104 +400,17 @@ def scrape(url: str) -> Samples:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class Service:
-    """`imgcrunch serve` in a subprocess with its own data folder and port."""
-
-    data_dir: Path
-    port: int
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "service.log"
-
-    def start(self, timeout: float = 30.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "imgcrunch", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited at start:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"service did not start:\n{self.log_path.read_text()}")
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30)
-
-    def upload(self, csv_text: str | bytes, **form: str) -> httpx.Response:
-        body = csv_text.encode() if isinstance(csv_text, str) else csv_text
-        with self.client() as client:
-            return client.post(
-                "/upload", files={"file": ("products.csv", body, "text/csv")}, data=form
-            )
-
-    def wait_until_finished(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self.client() as client:
-            while time.monotonic() < deadline:
-                status: dict[str, Any] = client.get(f"/status/{request_id}").json()
-                if status["status"] not in ("queued", "processing"):
-                    return status
-                time.sleep(0.1)
-        raise AssertionError(f"request {request_id} not finished after {timeout} s: {status}")
+Service = ServiceProcess
 
 
 ServiceFactory = Callable[..., Service]
 
 
 def _new_service(data_dir: Path, settings: dict[str, str]) -> Service:
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("IMGCRUNCH_")}
-    env |= {
-        "IMGCRUNCH_DATA_DIR": str(data_dir),
-        "IMGCRUNCH_PORT": str(port),
-        "IMGCRUNCH_HOST": "127.0.0.1",
-        "IMGCRUNCH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true",  # the test servers live on loopback
-        "IMGCRUNCH_READ_TIMEOUT": "2",
-        "IMGCRUNCH_FETCH_TIMEOUT": "5",
-    }
-    env |= {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
-    return Service(data_dir=data_dir, port=port, env=env)
+    # Short timeouts: the test origins answer at once, or are meant not to.
+    quick = {"IMGCRUNCH_READ_TIMEOUT": "2", "IMGCRUNCH_FETCH_TIMEOUT": "5"}
+    named = {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
+    return ServiceProcess.on_loopback(data_dir, quick | named)
 
 
 @pytest.fixture
