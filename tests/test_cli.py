@@ -21,11 +21,16 @@ pytestmark = pytest.mark.slow  # every test here runs the real command in a subp
 
 
 def imgcrunch(
-    *args: str, cwd: Path, python: tuple[str, ...] = (), **settings: str
+    *args: str,
+    cwd: Path,
+    python: tuple[str, ...] = (),
+    environ: dict[str, str] | None = None,
+    **settings: str,
 ) -> subprocess.CompletedProcess[str]:
-    """The real command line; `python`: options for the interpreter itself (-X importtime)."""
+    """The real command line; `python`: options for the interpreter itself (-X importtime);
+    `environ`: more variables, not settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCRUNCH_")}
-    env |= {"IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true", "COLUMNS": "200"}
+    env |= {"IMGCRUNCH_ALLOW_PRIVATE_NETWORKS": "true", "COLUMNS": "200"} | (environ or {})
     env |= {f"IMGCRUNCH_{key.upper()}": value for key, value in settings.items()}
     return subprocess.run(
         [sys.executable, *python, "-m", "imgcrunch", *args],
@@ -177,3 +182,33 @@ def test_submit_without_waiting_and_without_a_server(
     unreachable = imgcrunch("submit", "products.csv", "--server", nowhere, cwd=tmp_path)
     assert unreachable.returncode == 3
     assert f"cannot reach {nowhere}" in unreachable.stderr
+
+
+@pytest.mark.parametrize(
+    ("missing", "command", "settings"),
+    [
+        ("asyncpg", "migrate", {"database_url": "postgresql+asyncpg://u@127.0.0.1:9/x"}),
+        ("asyncpg", "serve", {"database_url": "postgresql+asyncpg://u@127.0.0.1:9/x"}),
+        ("celery", "serve", {"queue": "celery"}),
+        ("celery", "worker", {}),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line(
+    tmp_path: Path, missing: str, command: str, settings: dict[str, str]
+) -> None:
+    # A package of that name that cannot be imported: as if the extra were not installed.
+    hidden = tmp_path / "hidden" / missing
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(f"raise ImportError('No module named {missing}')\n")
+    result = imgcrunch(
+        command,
+        cwd=tmp_path,
+        environ={"PYTHONPATH": str(tmp_path / "hidden")},
+        data_dir=str(tmp_path / "var"),
+        database_url=settings.get("database_url", ""),
+        queue=settings.get("queue", "inline"),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no traceback
+    assert "needs the scale-out extras: pip install 'imgcrunch[scale-out]'" in lines[0]

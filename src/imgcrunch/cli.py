@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import logging
 import os
 import shutil
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format)
     if args.command in _CLIENT_COMMANDS:
         return _client(args, settings)
+    if missing := _missing_extra(settings, args.command):
+        raise SystemExit(missing)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "worker":
@@ -135,6 +138,25 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
     return remote.download(server, args.request_id, args.output, console)
 
 
+_SCALE_OUT = "pip install 'imgcrunch[scale-out]'"
+
+
+def _missing_extra(settings: Settings, command: str) -> str | None:
+    """One line naming the extra a setting needs and this install lacks, not a traceback from
+    deep inside Alembic or Celery."""
+    needs = []
+    if settings.database_url.startswith("postgresql"):
+        needs.append(("asyncpg", "IMGCRUNCH_DATABASE_URL is a PostgreSQL URL"))
+    if command == "worker" or (command == "serve" and settings.queue == "celery"):
+        needs.append(("celery", "scale-out mode (IMGCRUNCH_QUEUE=celery, imgcrunch worker)"))
+    for module, why in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"imgcrunch {command}: {why} needs the scale-out extras: {_SCALE_OUT}"
+    return None
+
+
 def _migrate(settings: Settings) -> int:
     from imgcrunch.db import migrate
 
@@ -145,13 +167,7 @@ def _migrate(settings: Settings) -> int:
 
 def _worker(settings: Settings, celery_options: Sequence[str]) -> int:
     _count_across_processes()  # before celery_app, whose imports load prometheus_client
-    try:
-        from imgcrunch import celery_app
-    except ImportError as exc:
-        raise SystemExit(
-            f"imgcrunch worker needs the scale-out extras: pip install 'imgcrunch[scale-out]' "
-            f"({exc})"
-        ) from None
+    from imgcrunch import celery_app
     from imgcrunch.celery_app import BATCHES_QUEUE, CONTROL_QUEUE
 
     app = celery_app.configure(settings)
