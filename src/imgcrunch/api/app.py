@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -37,7 +38,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
     app.add_middleware(_IgnoreTrailingSlash)
+    if not settings.api_keys:
+        _without_authentication(app)
     return app
+
+
+def _without_authentication(app: FastAPI) -> None:
+    """A server without API keys asks for none: its OpenAPI document says so, rather than
+    have clients (and schemathesis) believe each route needs a bearer token it ignores."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+        return app.openapi_schema or schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _IgnoreTrailingSlash:
