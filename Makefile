@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/scale_out.py
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/operate.py
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
