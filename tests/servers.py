@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
@@ -137,3 +144,146 @@ def connect_redis() -> Redis:
     except redis.RedisError as exc:
         unavailable(f"Redis at {REDIS_URL}", exc)
     return Redis(client)
+
+
+# --- private servers, for the tests that kill them ------------------------------------------
+
+
+def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class PrivateRedis:
+    """`redis-server` on a spare port, keeping nothing on disk (as the machine's own): killed
+    with SIGKILL and started again, it comes back empty, as a real one without persistence."""
+
+    folder: Path
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server", FileNotFoundError("not on PATH"))
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        _wait_until(lambda: _answers(client.ping), f"redis-server on port {self.port}")
+        client.close()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_connect_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL: what it held in memory (every queued message) is gone."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+
+def _answers(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except (redis.RedisError, OSError):
+        return False
+    return True
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (`initdb` in a temp folder, the machine's server binaries
+    from `pg_config --bindir`) on a spare port, so that stopping it harms nothing else.
+
+    PostgreSQL refuses to run as root: as root, it runs as the `postgres` user, in a folder of
+    its own under the system's temp folder (a test's tmp_path is closed to other users)."""
+
+    port: int = field(default_factory=_free_port)
+    folder: Path = field(init=False)
+    _bindir: Path = field(init=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def init(self) -> None:
+        self._bindir = _pg_bindir()
+        self.folder = Path(tempfile.mkdtemp(prefix="imgcrunch-test-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
+        log = self.folder / "postgres.log"
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", log, "-w", "-t", "30", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` rolls back open transactions; `immediate` is a crash, recovered on start."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _run(self, program: str, *arguments: object, check: bool = True) -> None:
+        argv = [str(self._bindir / program), *(str(argument) for argument in arguments)]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"{program} failed ({done.returncode}): {done.stderr or done.stdout}"
+            )
+
+
+def _pg_bindir() -> Path:
+    try:
+        found = subprocess.run(
+            ["pg_config", "--bindir"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        unavailable("PostgreSQL's server binaries (pg_config --bindir)", exc)
+    bindir = Path(found)
+    if not (bindir / "initdb").exists():
+        unavailable("initdb", FileNotFoundError(str(bindir / "initdb")))
+    return bindir

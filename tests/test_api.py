@@ -651,7 +651,7 @@ def test_health_and_docs(service: Service) -> None:
         assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
         schema = client.get("/openapi.json").json()
         assert {"/upload", "/status/{request_id}", "/download/{request_id}"} <= set(schema["paths"])
         assert client.get("/docs").status_code == 200

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import csv
 import io
 import os
@@ -11,13 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -33,110 +28,17 @@ from tests.conftest import (
     WebhookReceiver,
     scrape,
 )
+from tests.scale_out import (
+    CLAIM_TIMEOUT,
+    ScaleOut,
+    Worker,
+    products_csv,
+    running_scale_out,
+    wait_for,
+)
 from tests.service_process import free_port
 
 IMAGES = 240  # 80 products of three photos: many batches, shared by both workers
-CLAIM_TIMEOUT = 3.0
-
-
-@dataclass
-class Worker:
-    """`imgcrunch worker` in a process group of its own, so it can be killed whole."""
-
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    # Options passed through to `celery worker`; mingle and gossip only slow a test's start.
-    options: list[str] = field(
-        default_factory=lambda: ["--concurrency", "1", "--without-mingle", "--without-gossip"]
-    )
-    process: subprocess.Popen[bytes] | None = None
-    _log_start: int = 0  # where this start's lines begin in the log
-
-    def spawn(self) -> None:
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "imgcrunch", "worker", "-n", f"{self.name}@%h"]
-        self.process = subprocess.Popen(
-            [*command, *self.options],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited at start:\n{self.log()}")
-            if " ready." in self.log()[self._log_start :]:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def pool_pids(self) -> list[int]:
-        assert self.process is not None
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
-
-    def kill_whole(self) -> None:
-        """SIGKILL the worker and its pool at once, as when its machine dies."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-@dataclass
-class ScaleOut:
-    api: Service
-    workers: list[Worker]
-    database_url: str
-    key_prefix: str
-
-    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        """Rows of one query on the deployment's database, read directly."""
-
-        async def fetch() -> list[tuple[Any, ...]]:
-            url = self.database_url.replace("postgresql+asyncpg://", "postgresql://")
-            connection = await asyncpg.connect(url)
-            try:
-                return [tuple(row) for row in await connection.fetch(sql, *args)]
-            finally:
-                await connection.close()
-
-        return asyncio.run(fetch())
-
-    def image_rows(self, request_id: str) -> list[tuple[Any, ...]]:
-        return self.query(
-            "SELECT source_url, status, output_key, attempts FROM images"
-            " WHERE request_id = $1 ORDER BY id",
-            request_id,
-        )
-
-    def claims_held_by(self, pid: int) -> int:
-        rows = self.query(
-            "SELECT count(*) FROM images WHERE status = 'pending' AND claimed_by LIKE $1",
-            f"%:{pid}",
-        )
-        held: int = rows[0][0]
-        return held
 
 
 @pytest.fixture
@@ -154,44 +56,15 @@ def scale_out(
     tmp_path: Path,
     extra_settings: dict[str, str],
 ) -> Iterator[ScaleOut]:
-    database_url = postgres.new_database()
-    prefix = redis_server.new_prefix()
-    settings = {
-        "database_url": database_url,
-        "queue": "celery",
-        "broker_url": servers.REDIS_URL,
-        "broker_key_prefix": prefix,
-        "claim_timeout": str(CLAIM_TIMEOUT),
-        "sweep_interval": "1",
-        "batch_size": "8",
-    } | extra_settings
-    api = make_service(**settings)
-    workers = [Worker(name, api.env, tmp_path / f"{name}.log") for name in ("worker-a", "worker-b")]
-    try:
-        for worker in workers:
-            worker.spawn()
-        for worker in workers:
-            worker.wait_ready()
-        yield ScaleOut(api, workers, database_url, prefix)
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
-def products_csv(urls: list[str]) -> str:
-    rows = "".join(
-        f'{n},Product {n},"{",".join(urls[3 * n : 3 * n + 3])}"\n' for n in range(len(urls) // 3)
-    )
-    return "S. No,Product Name,Input Image Urls\n" + rows
-
-
-def wait_for(condition: str, check: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {condition}")
+    with running_scale_out(
+        make_service,
+        tmp_path,
+        database_url=postgres.new_database(),
+        broker_url=servers.REDIS_URL,
+        key_prefix=redis_server.new_prefix(),
+        settings=extra_settings,
+    ) as deployment:
+        yield deployment
 
 
 def normalised_output(service: Service, request_id: str) -> list[list[str]]:
@@ -231,7 +104,7 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
         "percent": 100.0,
     }
     # The dead worker's claims went stale and the sweep sent them to the survivor.
-    assert "re-running a stale claim" in survivor.log()
+    assert "re-running a claim its holder stopped renewing" in survivor.log()
     # One pool process (--concurrency 1) compresses on every core the settings give it.
     assert f"with {len(os.sched_getaffinity(0))} codec threads" in survivor.log()
     assert "imgcrunch.process_next" in doomed.log()  # both workers took part
@@ -372,12 +245,12 @@ def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(
     assert ("imgcrunch_requests", (("status", "completed_with_errors"),)) not in scraped[0]
 
 
-def test_readyz_reports_the_database_and_the_broker(
+def test_readyz_reports_the_database_the_broker_and_the_storage(
     scale_out: ScaleOut, make_service: ServiceFactory
 ) -> None:
     ready = httpx.get(f"{scale_out.api.base_url}/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
 
     no_broker = make_service(
         database_url=scale_out.database_url,

@@ -62,7 +62,7 @@ def test_a_visibility_timeout_shorter_than_a_claim_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("IMGCRUNCH_QUEUE", "celery")
-    monkeypatch.setenv("IMGCRUNCH_BROKER_VISIBILITY_TIMEOUT", "60")
+    monkeypatch.setenv("IMGCRUNCH_BROKER_VISIBILITY_TIMEOUT", "20")
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT must be longer than"):
         Settings()
     monkeypatch.setenv("IMGCRUNCH_QUEUE", "kafka")

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from imgcrunch import csvio, repository
 from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.db import create_engine, upgrade
-from imgcrunch.models import Request
-from imgcrunch.pipeline import accept
+from imgcrunch.faults import InfrastructureFault
+from imgcrunch.models import Image, Request
+from imgcrunch.pipeline import MAX_ATTEMPTS, Pipeline, accept
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
-from imgcrunch.storage import input_csv_key
+from imgcrunch.storage import LocalStorage, input_csv_key
 from tests.conftest import ImageServer
+from tests.small_disk import small_disk
 
 pytestmark = pytest.mark.anyio
 
@@ -73,20 +79,27 @@ class Running:
         return request
 
 
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    settings = Settings(data_dir=tmp_path, allow_private_networks=True)
-    engine = create_engine(settings.database_url)
+@contextlib.asynccontextmanager
+async def started(data_dir: Path, **settings: Any) -> AsyncIterator[Running]:
+    """The pipeline's runtime on a fresh SQLite database, compressing in threads."""
+    configured = Settings(data_dir=data_dir, allow_private_networks=True, **settings)
+    engine = create_engine(configured.database_url)
     await upgrade(engine)
     await engine.dispose()
     told = Told()
     async with (
-        open_sessions(settings) as sessions,
+        open_sessions(configured) as sessions,
         open_runtime(
-            settings, sessions, codec_workers=2, codec_processes=False, on_finished=told
+            configured, sessions, codec_workers=2, codec_processes=False, on_finished=told
         ) as runtime,
     ):
-        yield Running(settings, runtime, told)
+        yield Running(configured, runtime, told)
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    async with started(tmp_path) as running:
+        yield running
 
 
 def output_rows(running: Running, request: Request) -> list[dict[str, str]]:
@@ -147,3 +160,147 @@ async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(
     assert "input CSV unreadable" in (request.error or "")
     assert running.told.finished == [request_id]
     assert await running.work_until_idle() == 0
+
+
+# --- faults of ours: never an image's failure --------------------------------------------------
+
+
+async def image_states(running: Running, request_id: uuid.UUID) -> list[tuple[str, int]]:
+    async with running.runtime.sessions() as session:
+        rows = await repository.request_images(session, request_id, limit=100, offset=0)
+    return [(row.status, row.bytes_out or 0) for row in rows]
+
+
+async def test_a_full_disk_fails_no_image_and_the_request_waits_then_resumes(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    with small_disk("4m") as disk:
+        async with started(tmp_path, storage_dir=disk.path, min_free_bytes=0) as running:
+            urls = image_server.photo_urls(4, tag="pipeline-full-")
+            request_id = await running.submit(f'1,A,"{",".join(urls)}"')
+            disk.fill()
+            with pytest.raises(InfrastructureFault) as raised:
+                await running.runtime.pipeline.work_next(batch_size=BATCH)
+            assert raised.value.reason == "storage full"
+            request = await running.request(request_id)
+            assert (request.status, request.done_images, request.failed_images) == (
+                "processing",
+                0,
+                0,
+            )
+            assert (request.waiting or "").startswith("storage full: ")
+            assert [state for state, _ in await image_states(running, request_id)] == [
+                "pending"
+            ] * 4
+            disk.free()
+            await running.work_until_idle()
+            request = await running.request(request_id)
+            assert (request.status, request.done_images, request.failed_images) == (
+                "completed",
+                4,
+                0,
+            )
+            assert request.waiting is None
+            assert running.told.finished == [request_id]
+
+
+async def test_below_the_free_space_floor_nothing_is_claimed(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    with small_disk("4m") as disk:
+        floor = 1024 * 1024
+        async with started(tmp_path, storage_dir=disk.path, min_free_bytes=floor) as running:
+            request_id = await running.submit(f"1,A,{image_server.photo_urls(1)[0]}")
+            disk.fill(leave=floor // 2)
+            with pytest.raises(InfrastructureFault, match="below IMGCRUNCH_MIN_FREE_BYTES"):
+                await running.runtime.pipeline.work_next(batch_size=BATCH)
+            async with running.runtime.sessions() as session:
+                assert await repository.unclaimed_image_count(session, request_id) == 1
+            disk.free()
+            await running.work_until_idle()
+            assert (await running.request(request_id)).status == "completed"
+
+
+async def test_a_finalisation_the_disk_refused_is_retried_when_the_loop_is_idle(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    with small_disk("4m") as disk:
+        async with started(tmp_path, storage_dir=disk.path, min_free_bytes=0) as running:
+            # Its one image fails for its own reason: only the output CSV needs room.
+            request_id = await running.submit(f"1,A,{image_server.url('/missing.jpg')}")
+            disk.fill()
+            with pytest.raises(InfrastructureFault):
+                await running.runtime.pipeline.work_next(batch_size=BATCH)
+            request = await running.request(request_id)
+            assert (request.status, request.failed_images) == ("processing", 1)
+            assert running.told.finished == []
+            disk.free()
+            assert await running.runtime.pipeline.work_next(batch_size=BATCH) is False
+            assert (await running.request(request_id)).status == "completed_with_errors"
+            assert running.told.finished == [request_id]
+
+
+async def test_a_live_holder_keeps_its_slow_batch_and_a_dead_one_loses_it(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    lease = 0.6
+    async with started(tmp_path, claim_timeout=lease, broker_visibility_timeout=60) as running:
+        pipeline = running.runtime.pipeline
+        slow = await running.submit(f"1,A,{image_server.photo_urls(1, tag='pipeline-slow-')[0]}")
+        image_server.delay = 4 * lease
+        try:
+            working = asyncio.create_task(pipeline.work_next(batch_size=BATCH))
+            for _ in range(8):  # sweeps while it downloads, each after a lease has gone by
+                await asyncio.sleep(lease / 2)
+                assert (await pipeline.sweep(batch_size=BATCH)).batches == []
+            assert await working is True
+        finally:
+            image_server.delay = 0.0
+        assert (await running.request(slow)).status == "completed"
+        async with running.runtime.sessions() as session:
+            attempts = await session.scalar(select(Image.attempts).where(Image.request_id == slow))
+        assert attempts == 1  # never taken away, so never claimed again
+
+        # A holder that dies stops renewing: once the lease has run out, the sweep frees it.
+        dead = await running.submit(f"1,B,{image_server.photo_urls(1, tag='pipeline-dead-')[0]}")
+        assert await pipeline.claim_next(batch_size=BATCH) is not None  # and never processed
+        await asyncio.sleep(lease * 1.5)
+        swept = await pipeline.sweep(batch_size=BATCH)
+        assert [batch.request_id for batch in swept.batches] == [dead]
+        assert swept.claimable == 1
+        await running.work_until_idle()
+        assert (await running.request(dead)).status == "completed"
+
+
+class BrokenStorage(LocalStorage):
+    """Storage whose image writes hit a bug of ours: not a fault of the infrastructure."""
+
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        if key.startswith("images/"):
+            raise RuntimeError("a bug in our own code")
+        super().put(key, data, durable=durable)
+
+
+async def test_a_bug_of_ours_is_retried_a_bounded_number_of_times_then_recorded(
+    running: Running, image_server: ImageServer
+) -> None:
+    parts = running.runtime.pipeline
+    pipeline = Pipeline(
+        sessions=parts.sessions,
+        fetcher=parts.fetcher,
+        storage=BrokenStorage(running.settings.storage_root),
+        codec_pool=parts.codec_pool,
+        options=parts.options,
+        worker_id="poisoned",
+    )
+    request_id = await running.submit(f"1,A,{image_server.photo_urls(1, tag='pipeline-bug-')[0]}")
+    claims = 0
+    while await pipeline.work_next(batch_size=BATCH):
+        claims += 1
+    assert claims == MAX_ATTEMPTS  # handed back twice, recorded on the third
+    request = await running.request(request_id)
+    assert (request.status, request.failed_images) == ("completed_with_errors", 1)
+    async with running.runtime.sessions() as session:
+        (image,) = await repository.failed_images(session, request_id, limit=1)
+    assert image.error_code == "internal_error"
+    assert image.error_message == "RuntimeError: a bug in our own code"

@@ -29,6 +29,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from imgcrunch.config import Settings
+from imgcrunch.faults import InfrastructureFault
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ def process_next(task: Task) -> bool:
     worker = worker_runtime()
     try:
         return worker.run(worker.runtime.pipeline.work_next(batch_size=worker.settings.batch_size))
-    except TRANSIENT as exc:
+    except (InfrastructureFault, *TRANSIENT) as exc:
+        # Nothing of it was recorded against an image. Were the retries to run out, the sweep
+        # sends work again for every image still unclaimed.
         _retry_unless_exhausted(task, exc)
         raise
 
@@ -253,7 +256,14 @@ def sweep() -> None:
     """Send again the work dead workers left behind; finalise and deliver what only waits."""
     worker = worker_runtime()
     found = worker.run(worker.runtime.pipeline.sweep(batch_size=worker.settings.batch_size))
-    for _ in found.batches:  # released: any worker's next claim may take them
+    # The database is the truth: as many messages on their way as there are batches to claim,
+    # whatever became of the earlier ones (a broker restarted empty, a purge, retries run out).
+    queued = queued_batch_messages(app)
+    if found.claimable and not queued:
+        log.warning(
+            "sweep: %d batches to claim and no message queued: sending them", found.claimable
+        )
+    for _ in range(max(0, found.claimable - queued)):
         send_next(app)
     for request_id in found.uningested:
         send_ingest(app, request_id)
@@ -280,6 +290,16 @@ def send_sweep(sender: Celery, *, expires: float) -> None:
 
 def send_deliver(sender: Celery, *, countdown: float = 0) -> None:
     sender.send_task(DELIVER, queue=CONTROL_QUEUE, countdown=countdown)
+
+
+def queued_batch_messages(sender: Celery) -> int:
+    """Batch messages waiting in the broker (not those a worker holds already).
+
+    Read as the Redis transport counts a queue (every priority's list): its passive
+    `queue_declare` misses a queue under `global_keyprefix`, and says it does not exist.
+    """
+    with sender.connection_for_write() as connection:
+        return int(connection.default_channel._size(BATCHES_QUEUE))
 
 
 def ping_broker(sender: Celery) -> None:

@@ -95,7 +95,11 @@ class Settings(BaseSettings):
         36000,
         86400,
     )
-    claim_timeout: float = Field(default=300.0, gt=0)  # a claim older than this is presumed dead
+    # A claim's lease: renewed while its batch is worked on, presumed dead once not renewed for
+    # this long, and then handed to another worker by the sweep.
+    claim_timeout: float = Field(default=30.0, gt=0)
+    # Workers claim no work while the storage has less room than this, and /readyz says so.
+    min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     shutdown_grace: float = Field(default=20.0, ge=0)  # SIGTERM: time given to in-flight images
     # Failed images listed by GET /status, and as many of those whose original was kept.
     errors_in_status: int = Field(default=100, ge=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from imgcrunch import repository
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
+from imgcrunch.faults import InfrastructureFault
 from imgcrunch.pipeline import Pipeline
 from imgcrunch.webhooks import Deliverer
 
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 5.0  # an idle lane looks for work this often, wake-up or not
 MAX_RETRY_SECONDS = 30.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next try after `failures` in a row: doubling from 1 s up to
+    MAX_RETRY_SECONDS, with full jitter so that lanes and workers do not retry in step."""
+    return random.uniform(0.5, 1.0) * min(2.0 ** (failures - 1), MAX_RETRY_SECONDS)
 
 
 class Dispatcher(Protocol):
@@ -174,11 +182,13 @@ class InlineDispatcher:
             self._work.clear()  # before the claim: work made claimable after it wakes the wait
             try:
                 worked = await self._pipeline.work_next(batch_size=self._batch_size)
-            except Exception:
-                # Its claims were released; the database is likely away. Try again, later.
+            except Exception as error:
+                # Its claims were released (or will go stale): nothing is lost. The pipeline
+                # said why already if it is a fault of ours; anything else is a bug.
                 failures += 1
-                retry_in = min(2.0**failures, MAX_RETRY_SECONDS)
-                log.exception("a batch failed; claiming again in %.0f s", retry_in)
+                retry_in = backoff(failures)
+                if not isinstance(error, InfrastructureFault):
+                    log.exception("a batch failed; claiming again in %.1f s", retry_in)
                 await asyncio.sleep(retry_in)
                 continue
             failures = 0

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -41,6 +42,12 @@ FETCH_SECONDS = Histogram(
 )
 CODEC_SECONDS = Histogram(
     "imgcrunch_codec_seconds", "Time to compress, hash and store an image", buckets=_SECONDS
+)
+STORAGE_FREE_BYTES = Gauge(
+    "imgcrunch_storage_free_bytes",
+    "Room left in the storage, as last seen by this process (the least of a worker's processes); "
+    "below IMGCRUNCH_MIN_FREE_BYTES no work is claimed",
+    multiprocess_mode="livemin",
 )
 WEBHOOK_ATTEMPTS = Counter(
     "imgcrunch_webhook_attempts",

@@ -95,6 +95,9 @@ class Request(Base):
     input_key: Mapped[str] = mapped_column(String(255))
     output_key: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
+    # Why its work is held up by a fault of ours (storage full, database away); None once a
+    # result of it is recorded again.
+    waiting: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.codec_pool import CodecPool, encode_and_store
 from imgcrunch.db import SessionFactory
+from imgcrunch.faults import (
+    OUT_OF_MEMORY,
+    InfrastructureFault,
+    infrastructure_fault,
+    room_fault,
+    storage_fault,
+)
 from imgcrunch.fetcher import Fetcher
 from imgcrunch.http_errors import FetchError
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
@@ -50,7 +57,10 @@ async def accept(
     `Pipeline.ingest` from the kept file, so a big catalog is answered at once."""
     request_id = uuid.uuid4()
     key = input_csv_key(request_id)
-    await asyncio.to_thread(storage.put, key, data)
+    try:
+        await asyncio.to_thread(storage.put, key, data)
+    except OSError as exc:  # the upload answers 503: the storage's fault, not the file's
+        raise storage_fault(exc) from exc
     async with session.begin():
         await repository.create_request(
             session,
@@ -74,13 +84,28 @@ class PipelineOptions:
     max_pixels: int
     background: tuple[int, int, int]
     max_in_flight: int  # images downloaded or being compressed at once: bounds memory
-    claim_timeout: float
+    claim_timeout: float  # a claim's lease, renewed every third of it while its batch runs
+    min_free_bytes: int  # no claim while the storage has less room than this
+
+
+# An unexpected error of ours while processing an image is retried this many claims of it in
+# all, then recorded as the image's `internal_error`: one poison image cannot loop for ever.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    """An image handed back unrecorded: a fault of ours (`fault`), or a bug to try again."""
+
+    image_id: int
+    fault: InfrastructureFault | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sweep:
-    batches: list[Batch]  # stale claims, released: send them again
+    batches: list[Batch]  # stale claims (their holder stopped renewing them), released
     uningested: list[uuid.UUID]  # requests whose rows were never stored: ingest them again
+    claimable: int  # batches of unclaimed images, released ones included: work to have on its way
 
 
 # Told of each request that has just finished (completed or failed), once: each mode has its
@@ -114,6 +139,7 @@ class Pipeline:
         self._urls = PublicUrls(options.public_base_url)
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._cancelled: set[uuid.UUID] = set()
+        self._waiting: str | None = None  # the fault this process last said held the work up
 
     def cancel(self, request_id: uuid.UUID) -> None:
         """In this process, skip the request's images not yet downloaded or compressed. (The
@@ -136,10 +162,12 @@ class Pipeline:
         try:
             data = await asyncio.to_thread(self.storage.get, request.input_key)
             parsed = await asyncio.to_thread(csvio.parse, data, _ACCEPTED_AT_UPLOAD)
-        except (OSError, csvio.CsvError) as exc:
+        except (FileNotFoundError, csvio.CsvError) as exc:
             log.exception("request %s: its input CSV cannot be read again", request_id)
             await self._fail(request, f"input CSV unreadable: {exc}")
             return False
+        except OSError as exc:  # the storage is away, not the file: try again later
+            raise storage_fault(exc) from exc
         async with self.sessions.begin() as session:
             await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
         return True
@@ -171,17 +199,95 @@ class Pipeline:
     async def work_next(self, *, batch_size: int) -> bool:
         """The one work loop's step, the same in both modes: claim the next batch of the
         request that has waited longest (fair share, in the database), process it, record it.
-        False when no request has an image left to claim."""
-        claim = await self.claim_next(batch_size=batch_size)
-        if claim is None:
-            return False
+        False when no request has an image left to claim; then any request whose finalising
+        failed earlier (storage or database away) is finalised.
+
+        A fault of ours is raised as an `InfrastructureFault`, with nothing of it recorded
+        against an image: the caller backs off and calls again. Anything else raised is a bug.
+        """
         try:
-            await self.process_claimed(claim)
+            self._check_storage_room()
+            claim = await self.claim_next(batch_size=batch_size)
+            if claim is None:
+                await self.finalize_complete()
+            else:
+                await self._process_holding(claim)
+        except Exception as error:
+            fault = infrastructure_fault(error)
+            if fault is None:
+                raise
+            await self._say_waiting(fault)
+            if fault is error:
+                raise
+            raise fault from error
+        await self._say_resumed()
+        return claim is not None
+
+    async def _process_holding(self, claim: Claim) -> None:
+        """Process a claim, renewing its lease meanwhile; release it if that fails."""
+        try:
+            async with self._renewing(claim.batch):
+                await self.process_claimed(claim)
         except Exception:
             with contextlib.suppress(Exception):  # else its claims wait until they go stale
                 await self.release(claim.batch)
             raise
-        return True
+
+    def _check_storage_room(self) -> None:
+        free = self.storage.free_bytes()
+        if free is not None:
+            metrics.STORAGE_FREE_BYTES.set(free)
+        if fault := room_fault(free, self.options.min_free_bytes):
+            raise fault
+
+    async def _say_waiting(self, fault: InfrastructureFault) -> None:
+        """Say on the active requests why their work is held up (if the database answers)."""
+        if fault.reason != self._waiting:  # once per fault, not per try or per image
+            log.warning("work is waiting: %s; trying again with backoff", fault.waiting)
+        self._waiting = fault.reason
+        with contextlib.suppress(Exception):  # the database may be the fault
+            async with self.sessions.begin() as session:
+                await repository.mark_waiting(session, reason=fault.waiting, now=utcnow())
+
+    async def _say_resumed(self) -> None:
+        if self._waiting is None:
+            return
+        log.info("work goes on: %s has cleared", self._waiting)
+        self._waiting = None
+        async with self.sessions.begin() as session:
+            await repository.clear_waiting(session, now=utcnow())
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, batch: Batch) -> AsyncIterator[None]:
+        """Renew the batch's lease while it is worked on, so that no sweep hands it to another
+        worker however long it takes; a holder that dies stops renewing, and loses it."""
+        renewer = asyncio.create_task(self._renew(batch), name="imgcrunch-lease")
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew(self, batch: Batch) -> None:
+        every = self.options.claim_timeout / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self.sessions.begin() as session:
+                    await repository.renew_claims(
+                        session, worker=self.worker_id, batch=batch, now=utcnow()
+                    )
+            except Exception as exc:  # the database away: the next beat may get through
+                log.warning("could not renew the lease of %s: %s", batch, exc)
+
+    async def finalize_complete(self) -> None:
+        """Finalise every active request whose images are all recorded: the one whose last
+        record's finalising failed, or whose finisher died."""
+        async with self.sessions() as session:
+            complete = await repository.complete_unfinished_request_ids(session)
+        for request_id in complete:
+            await self.finalize_if_complete(request_id)
 
     async def claim_next(self, *, batch_size: int) -> Claim | None:
         """Claim a batch of the request that has waited longest for one (scale-out's fair
@@ -213,30 +319,44 @@ class Pipeline:
                 max_pixels=self.options.max_pixels,
                 background=self.options.background,
             )
-            results = await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
             )
+            results = [outcome for outcome in outcomes if isinstance(outcome, ImageResult)]
+            deferred = [outcome for outcome in outcomes if isinstance(outcome, _Deferred)]
             _count(results)
             # The files were written without waiting for the disk; they are made durable here,
             # all at once, before the database says they exist.
             written = [result.output_key for result in results if result.output_key]
-            await asyncio.to_thread(self.storage.sync, written)
+            try:
+                await asyncio.to_thread(self.storage.sync, written)
+            except OSError as exc:
+                raise storage_fault(exc) from exc
             async with self.sessions.begin() as session:
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
-                if not await repository.is_complete(session, batch.request_id):
-                    return  # the common case, answered without a session of its own
+                await repository.release_images(
+                    session, worker=self.worker_id, image_ids=[d.image_id for d in deferred]
+                )
+                complete = await repository.is_complete(session, batch.request_id)
+            fault = next((d.fault for d in deferred if d.fault is not None), None)
+            if fault is not None:
+                raise fault  # what was done is recorded; the rest waits for the fault to clear
+            if not complete:
+                return  # the common case, answered without a session of its own
         await self.finalize_if_complete(batch.request_id)
 
     async def _process_image(
         self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
-    ) -> ImageResult:
+    ) -> ImageResult | _Deferred:
         logs.image_id.set(image.id)  # a task of its own (gather): its lines alone carry it
         if request_id in self._cancelled:
             return _cancelled(image)
         try:
             data = await self._download(image.source_url)
+        except FetchError as exc:
+            return _failure(image, exc)
         except Exception as exc:
-            return _failure(request_id, image, exc)
+            return _unexpected(request_id, image, exc)
         try:
             if request_id in self._cancelled:
                 return _cancelled(image)
@@ -244,8 +364,14 @@ class Pipeline:
                 encode_and_store, self.storage, request_id, data, options
             )
             metrics.CODEC_SECONDS.observe(encoded.seconds)
+        except codec.CodecError as exc:
+            return _failure(image, exc)
+        except OSError as exc:  # writing it to our storage: ours, not the image's
+            return _Deferred(image.id, storage_fault(exc))
+        except MemoryError:
+            return _Deferred(image.id, InfrastructureFault(OUT_OF_MEMORY, "compressing"))
         except Exception as exc:
-            return _failure(request_id, image, exc)
+            return _unexpected(request_id, image, exc)
         finally:
             self._in_flight.release()
         return ImageResult(
@@ -280,11 +406,12 @@ class Pipeline:
             return await repository.release_claims(session, worker=self.worker_id, batch=batch)
 
     async def sweep(self, *, batch_size: int) -> Sweep:
-        """Find work that a dead process left behind; finish what only needs finalising.
+        """Find work that a dead process left behind, and what waits for work to be sent.
 
-        For several workers sharing a database: claims older than the claim timeout are
-        released and returned as batches to send again; requests never ingested are returned
-        to ingest again; requests with every image recorded but never finalised are finalised.
+        For several workers sharing a database: claims whose lease was not renewed are
+        released; requests never ingested are returned to ingest again; requests with every
+        image recorded but never finalised are finalised; and the batches still to claim are
+        counted, so that a lost message (a broker restarted empty) costs a sweep, not the work.
         """
         now = utcnow()
         stale_before = now - timedelta(seconds=self.options.claim_timeout)
@@ -295,12 +422,11 @@ class Pipeline:
             uningested = await repository.uningested_request_ids(
                 session, created_before=stale_before
             )
-            complete = await repository.complete_unfinished_request_ids(session)
-        for request_id in complete:
-            await self.finalize_if_complete(request_id)
+            claimable = await repository.claimable_batch_count(session, batch_size=batch_size)
+        await self.finalize_complete()
         for batch in batches:
-            log.warning("re-running a stale claim: %s", batch)
-        return Sweep(batches=batches, uningested=uningested)
+            log.warning("re-running a claim its holder stopped renewing: %s", batch)
+        return Sweep(batches=batches, uningested=uningested, claimable=claimable)
 
     async def finalize_if_complete(self, request_id: uuid.UUID) -> bool:
         """Write the output CSV, set the final status and queue the webhook, exactly once."""
@@ -318,7 +444,10 @@ class Pipeline:
         key = output_csv_key(request_id)
         # Written before the status flips: whoever sees "completed" can download at once. Two
         # finishers write identical bytes atomically; only one wins the status update below.
-        await asyncio.to_thread(self.storage.put, key, output)
+        try:
+            await asyncio.to_thread(self.storage.put, key, output)
+        except OSError as exc:  # retried: the work loop finalises complete requests when idle
+            raise storage_fault(exc) from exc
         status = (
             RequestStatus.COMPLETED_WITH_ERRORS
             if request.failed_images
@@ -355,14 +484,27 @@ def _cancelled(image: ClaimedImage) -> ImageResult:
     return ImageResult(image_id=image.id, error_code="cancelled", error_message="cancelled")
 
 
-def _failure(request_id: uuid.UUID, image: ClaimedImage, error: Exception) -> ImageResult:
-    """The result of an image that failed; call from the `except` that caught `error`."""
-    if isinstance(error, FetchError | codec.CodecError):
-        # Not the URL: a signed URL's query is a credential. The image id (on the line) finds it.
-        log.info("image failed: %s: %s", error.code, error.message)
-        return ImageResult(image_id=image.id, error_code=error.code, error_message=error.message)
-    # Anything else is our bug, not the image's: log it, and still never fail the batch.
-    log.exception("image %s of request %s failed unexpectedly", image.id, request_id)
+def _failure(image: ClaimedImage, error: FetchError | codec.CodecError) -> ImageResult:
+    """An image that failed for its own reasons: the origin's answer, its bytes, the limits."""
+    # Not the URL: a signed URL's query is a credential. The image id (on the line) finds it.
+    log.info("image failed: %s: %s", error.code, error.message)
+    return ImageResult(image_id=image.id, error_code=error.code, error_message=error.message)
+
+
+def _unexpected(
+    request_id: uuid.UUID, image: ClaimedImage, error: Exception
+) -> ImageResult | _Deferred:
+    """A bug of ours, not the image's: tried again on a later claim, then recorded as the
+    image's `internal_error`; call from the `except` that caught `error`."""
+    log.exception(
+        "image %s of request %s failed unexpectedly (attempt %d of %d)",
+        image.id,
+        request_id,
+        image.attempts,
+        MAX_ATTEMPTS,
+    )
+    if image.attempts < MAX_ATTEMPTS:
+        return _Deferred(image.id, None)
     return ImageResult(
         image_id=image.id,
         error_code="internal_error",

@@ -84,6 +84,7 @@ async def open_runtime(
             background=settings.background,
             max_in_flight=settings.fetch_concurrency,
             claim_timeout=settings.claim_timeout,
+            min_free_bytes=settings.min_free_bytes,
         ),
         worker_id=worker_id(),
         on_finished=on_finished,

@@ -41,6 +41,12 @@ class Storage(Protocol):
         """Remove what writes that never finished (their process died) left behind, if older
         than `older_than` seconds; returns how many."""
 
+    def free_bytes(self) -> int | None:
+        """Room left for writes; None where the store has no such bound."""
+
+    def check_writable(self) -> None:
+        """Write and remove a small probe; OSError if the store takes no writes."""
+
 
 def open_storage(root: Path) -> Storage:
     """The storage the settings name: today, the folder at `root`."""
@@ -122,6 +128,18 @@ class LocalStorage:
     def remove_request(self, request_id: uuid.UUID) -> None:
         for folder in (f"images/{request_id}", f"csv/{request_id}"):
             shutil.rmtree(self.path(folder), ignore_errors=True)
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.root).free
+
+    def check_writable(self) -> None:
+        self._partial.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=self._partial, prefix="probe-")
+        try:
+            os.write(fd, b"imgcrunch")
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
 
     def remove_partial_writes(self, *, older_than: float = 0.0) -> int:
         """Delete temp files of writes that never finished (their process died)."""

@@ -9,7 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgcrunch.faults import InfrastructureFault, infrastructure_fault
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,23 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", f"invalid or missing: {fields}", details)
 
 
+_UNAVAILABLE_RETRY_AFTER = "5"  # seconds: a database restart or a freed disk takes about that
+
+
+async def _fault(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of ours (database away, storage full): 503, saying which, never a 500."""
+    fault = infrastructure_fault(exc)
+    if fault is None:
+        return await _unexpected_error(request, exc)
+    log.warning("%s %s: %s", request.method, request.url.path, fault.waiting)
+    return error_response(
+        503,
+        fault.reason.replace(" ", "_"),
+        f"{fault.waiting}; nothing was changed, try again shortly",
+        headers={"Retry-After": _UNAVAILABLE_RETRY_AFTER},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "the server failed; the error is logged")
@@ -92,4 +112,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for fault in (InfrastructureFault, DBAPIError, OSError):
+        app.add_exception_handler(fault, _fault)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -92,6 +92,9 @@ class Status(Figures):
     request_id: uuid.UUID
     status: str
     error: str | None = None  # why a `failed` request could not be processed at all
+    # Why its work is held up by a fault of ours, which it resumes from by itself once cleared
+    # ("storage full: ...", "database unavailable: ..."); None while it goes on.
+    waiting: str | None = None
     quality: int  # JPEG quality: the look of standard libjpeg at this quality
     effort: str  # balanced | max
     progress: Progress

@@ -61,6 +61,7 @@ class Batch:
 class ClaimedImage:
     id: int
     source_url: str
+    attempts: int  # claims of it so far, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,22 @@ async def unclaimed_image_count(session: AsyncSession, request_id: uuid.UUID) ->
         .where(_images.c.request_id == request_id, _UNCLAIMED)
     )
     return int(result.scalar_one())
+
+
+async def claimable_batch_count(session: AsyncSession, *, batch_size: int) -> int:
+    """How many batches the unclaimed images of every active, ingested request make: the
+    work that should be on its way to the workers."""
+    result = await session.execute(
+        select(func.count())
+        .select_from(_images.join(_requests, _requests.c.id == _images.c.request_id))
+        .where(
+            _requests.c.status.in_(ACTIVE_STATUSES),
+            _requests.c.ingested_at.is_not(None),
+            _UNCLAIMED,
+        )
+        .group_by(_images.c.request_id)
+    )
+    return sum(-(-count // batch_size) for count in result.scalars())
 
 
 async def claim_next_batch(
@@ -174,7 +191,7 @@ async def _claim_range(
             "c_now": now,
         },
     )
-    return sorted((ClaimedImage(id_, url) for id_, url in result), key=lambda image: image.id)
+    return sorted((ClaimedImage(*row) for row in result), key=lambda image: image.id)
 
 
 _CLAIM = (
@@ -191,7 +208,7 @@ _CLAIM = (
         claimed_at=bindparam("c_now"),
         attempts=_images.c.attempts + 1,
     )
-    .returning(_images.c.id, _images.c.source_url)
+    .returning(_images.c.id, _images.c.source_url, _images.c.attempts)
 )
 
 
@@ -317,6 +334,7 @@ _ADD_COUNTS = (
         bytes_in=_requests.c.bytes_in + bindparam("a_bytes_in", type_=BigInteger),
         bytes_out=_requests.c.bytes_out + bindparam("a_bytes_out", type_=BigInteger),
         updated_at=bindparam("a_now"),
+        waiting=None,  # its work goes on
     )
 )
 
@@ -351,6 +369,72 @@ async def release_claims(
         statement.values(claimed_by=None, claimed_at=None).execution_options(
             synchronize_session=False
         )
+    )
+    return rowcount(result)
+
+
+async def release_images(session: AsyncSession, *, worker: str, image_ids: Sequence[int]) -> int:
+    """Give back these images, still pending and claimed by `worker`, for another run."""
+    if not image_ids:
+        return 0
+    result = await session.execute(
+        update(_images)
+        .where(
+            _images.c.id.in_(image_ids),
+            _images.c.status == ImageStatus.PENDING,
+            _images.c.claimed_by == worker,
+        )
+        .values(claimed_by=None, claimed_at=None)
+    )
+    return rowcount(result)
+
+
+async def renew_claims(session: AsyncSession, *, worker: str, batch: Batch, now: datetime) -> int:
+    """The lease's heartbeat: `worker` still holds the batch's images it claimed."""
+    result = await session.execute(
+        _RENEW,
+        {
+            "w_request": batch.request_id,
+            "w_first": batch.first_id,
+            "w_last": batch.last_id,
+            "w_worker": worker,
+            "w_now": now,
+        },
+    )
+    return rowcount(result)
+
+
+_RENEW = (
+    update(_images)
+    .where(
+        _images.c.request_id == bindparam("w_request"),
+        _images.c.id.between(bindparam("w_first"), bindparam("w_last")),
+        _images.c.status == ImageStatus.PENDING,
+        _images.c.claimed_by == bindparam("w_worker"),
+    )
+    .values(claimed_at=bindparam("w_now", type_=_images.c.claimed_at.type))
+)
+
+
+async def mark_waiting(session: AsyncSession, *, reason: str, now: datetime) -> int:
+    """Say on every active request why its work is held up; a recorded result clears it."""
+    result = await session.execute(
+        update(_requests)
+        .where(
+            _requests.c.status.in_(ACTIVE_STATUSES),
+            or_(_requests.c.waiting.is_(None), _requests.c.waiting != reason),
+        )
+        .values(waiting=reason, updated_at=now)
+    )
+    return rowcount(result)
+
+
+async def clear_waiting(session: AsyncSession, *, now: datetime) -> int:
+    """The fault has cleared: no active request is held up by it any more."""
+    result = await session.execute(
+        update(_requests)
+        .where(_requests.c.status.in_(ACTIVE_STATUSES), _requests.c.waiting.is_not(None))
+        .values(waiting=None, updated_at=now)
     )
     return rowcount(result)
 

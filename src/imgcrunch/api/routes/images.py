@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from imgcrunch.api.deps import ServicesDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.presenting import error_responses
+from imgcrunch.faults import storage_fault
 
 router = APIRouter(tags=["images"])
 
@@ -26,9 +27,8 @@ _NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg)")
 _MEDIA_TYPES = {"jpg": "image/jpeg"}
 
 
-@router.api_route(
+@router.get(
     "/images/{request_id}/{name}",
-    methods=["GET", "HEAD"],
     response_class=Response,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "the compressed image"},
@@ -53,7 +53,15 @@ async def image(
         data = await asyncio.to_thread(services.storage.get, f"images/{request_id}/{name}")
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"no image {request_id}/{name}") from None
+    except OSError as exc:
+        raise storage_fault(exc) from exc
     return Response(data, media_type=_MEDIA_TYPES[found["extension"]], headers=headers)
+
+
+# HEAD answers as GET does, without the body; not a second operation in the OpenAPI document.
+router.add_api_route(
+    "/images/{request_id}/{name}", image, methods=["HEAD"], include_in_schema=False
+)
 
 
 def _is_uuid(text: str) -> bool:

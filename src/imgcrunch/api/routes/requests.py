@@ -20,6 +20,7 @@ from imgcrunch.api.presenting import (
     webhook_state,
 )
 from imgcrunch.api.schemas import Status
+from imgcrunch.faults import storage_fault
 from imgcrunch.models import ACTIVE_STATUSES, utcnow
 
 router = APIRouter(tags=["requests"])
@@ -46,6 +47,7 @@ async def status(
         request_id=request.id,
         status=request.status,
         error=request.error,
+        waiting=request.waiting if request.status in ACTIVE_STATUSES else None,
         quality=request.quality,
         effort=request.effort,
         progress=progress(request),
@@ -83,7 +85,10 @@ async def download(request: OwnedRequestDep, services: ServicesDep) -> Response:
         raise ApiError(
             409, "no_output", f"request {request.id} is {request.status}: it has no output"
         )
-    content = await asyncio.to_thread(services.storage.get, request.output_key)
+    try:
+        content = await asyncio.to_thread(services.storage.get, request.output_key)
+    except OSError as exc:
+        raise storage_fault(exc) from exc
     return Response(
         content,
         media_type="text/csv; charset=utf-8",
