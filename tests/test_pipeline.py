@@ -240,6 +240,7 @@ async def test_a_finalisation_the_disk_refused_is_retried_when_the_loop_is_idle(
             assert running.told.finished == [request_id]
 
 
+@pytest.mark.slow  # it waits for leases to run out, in real time
 async def test_a_live_holder_keeps_its_slow_batch_and_a_dead_one_loses_it(
     tmp_path: Path, image_server: ImageServer
 ) -> None:

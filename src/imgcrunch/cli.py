@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcrunch import __version__, logs
-from imgcrunch.config import Settings
+from imgcrunch.config import Settings, unknown_variables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None))}
     settings = Settings(**overrides)
     logs.configure(settings.log_format)
+    for name in unknown_variables():
+        logging.getLogger("imgcrunch").warning("%s is not a setting of imgcrunch: ignored", name)
     if args.command in _CLIENT_COMMANDS:
         return _client(args, settings)
     if missing := _missing_extra(settings, args.command):
@@ -149,6 +151,8 @@ def _missing_extra(settings: Settings, command: str) -> str | None:
         needs.append(("asyncpg", "IMGCRUNCH_DATABASE_URL is a PostgreSQL URL"))
     if command == "worker" or (command == "serve" and settings.queue == "celery"):
         needs.append(("celery", "scale-out mode (IMGCRUNCH_QUEUE=celery, imgcrunch worker)"))
+    if settings.storage_url.startswith("s3://"):
+        needs.append(("obstore", "IMGCRUNCH_STORAGE_URL is an S3 bucket"))
     for module, why in needs:
         try:
             importlib.import_module(module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""  # default: sqlite file under data_dir
     storage_dir: Path | None = None  # default: data_dir (so images land in data_dir/images)
+    # Where images and CSVs are kept: file:///path (default: file://<storage_dir>) or
+    # s3://bucket/prefix (credentials and region from the standard AWS variables).
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None  # any S3-compatible store; default: AWS
+    # The start of the output CSV's image URLs (a CDN, the bucket's public address); default:
+    # served by the API, at public_base_url/images/...
+    public_images_url: str = ""
+    # S3: the API answers GET /images/... with a redirect to a presigned URL of this lifetime
+    # instead of streaming the object itself.
+    s3_presign: bool = False
+    s3_presign_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     public_base_url: str = ""  # default: http://localhost:{port}
     auto_migrate: bool = (
         True  # `serve` applies migrations first; turn off when several replicas share a database
@@ -146,6 +158,11 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'imgcrunch.db'}"
         if self.storage_dir is None:
             self.storage_dir = self.data_dir
+        if not self.storage_url:
+            self.storage_url = f"file://{self.storage_dir}"
+        if not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError("IMGCRUNCH_STORAGE_URL is file:///path or s3://bucket/prefix")
+        self.public_images_url = self.public_images_url.rstrip("/")
         if not self.public_base_url:
             self.public_base_url = f"http://localhost:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
@@ -160,3 +177,10 @@ class Settings(BaseSettings):
     def storage_root(self) -> Path:
         assert self.storage_dir is not None  # set by _derive_defaults
         return self.storage_dir
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The IMGCRUNCH_ variables that no setting reads: misspelt, or from another version. They
+    are named in a warning at start, rather than ignored in silence."""
+    known = {f"IMGCRUNCH_{name.upper()}" for name in Settings.model_fields}
+    return sorted(name for name in environ if name.startswith("IMGCRUNCH_") and name not in known)

@@ -45,6 +45,8 @@ def settings_for(run: LocalRun, base: Settings) -> Settings:
         update={
             "data_dir": out,
             "storage_dir": out,
+            "storage_url": f"file://{out}",
+            "public_images_url": "",
             "database_url": f"sqlite+aiosqlite:///{out / 'imgcrunch.db'}",
             "public_base_url": out.as_uri(),
             "queue": "inline",

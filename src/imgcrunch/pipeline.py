@@ -81,6 +81,7 @@ async def accept(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineOptions:
     public_base_url: str
+    public_images_url: str  # "": images are served by the API
     max_pixels: int
     background: tuple[int, int, int]
     max_in_flight: int  # images downloaded or being compressed at once: bounds memory
@@ -136,8 +137,10 @@ class Pipeline:
         self.options = options
         self.worker_id = worker_id
         self._on_finished = on_finished
-        self._urls = PublicUrls(options.public_base_url)
+        self._urls = PublicUrls(options.public_base_url, images=options.public_images_url)
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
+        # What the codec workers write to: the storage itself where that is quick, else none.
+        self._worker_storage = storage if storage.writes_where_made else None
         self._cancelled: set[uuid.UUID] = set()
         self._waiting: str | None = None  # the fault this process last said held the work up
 
@@ -360,10 +363,11 @@ class Pipeline:
         try:
             if request_id in self._cancelled:
                 return _cancelled(image)
-            encoded = await self.codec_pool.run(
-                encode_and_store, self.storage, request_id, data, options
-            )
+            encoded = await self.codec_pool.run(encode_and_store, self._worker_storage, request_id,
+                                                data, options)  # fmt: skip
             metrics.CODEC_SECONDS.observe(encoded.seconds)
+            if encoded.data is not None:  # a bucket: written here, the codec worker free again
+                await asyncio.to_thread(self.storage.put, encoded.key, encoded.data)
         except codec.CodecError as exc:
             return _failure(image, exc)
         except OSError as exc:  # writing it to our storage: ours, not the image's

@@ -1,7 +1,8 @@
 """The one place that builds the URLs we hand out: status, download, stored files, next pages.
 
 Each starts with IMGCRUNCH_PUBLIC_BASE_URL, so a service behind a proxy or under another name
-hands out addresses that work from where its clients are (pure: no I/O).
+hands out addresses that work from where its clients are; a stored image's with
+IMGCRUNCH_PUBLIC_IMAGES_URL where it is set (a CDN in front of the bucket). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class PublicUrls:
     base: str  # IMGCRUNCH_PUBLIC_BASE_URL, without a trailing slash
+    images: str = (
+        ""  # IMGCRUNCH_PUBLIC_IMAGES_URL: where the storage's keys are served, if not here
+    )
 
     def status(self, request_id: uuid.UUID) -> str:
         return f"{self.base}/status/{request_id}"
@@ -22,7 +26,7 @@ class PublicUrls:
 
     def stored(self, key: str) -> str:
         """A stored file (an image), served at its storage key."""
-        return f"{self.base}/{key}"
+        return f"{self.images or self.base}/{key}"
 
     def page(self, path_and_query: str) -> str:
         """The next page of a listing: `/requests?limit=...`."""

@@ -30,6 +30,26 @@ class Runtime:
     deliverer: Deliverer
 
 
+class StorageUnusable(RuntimeError):
+    """The configured bucket cannot be written at start: a setting to fix, not a fault to wait
+    out."""
+
+
+def storage_for(settings: Settings) -> Storage:
+    """The storage the settings name. A bucket is checked at once (it exists, these credentials
+    may write); a local folder is not, so that a full disk does not stop the API from starting
+    and saying so in /readyz."""
+    bucket = settings.storage_url.startswith("s3://")
+    try:
+        return open_storage(
+            settings.storage_url, s3_endpoint=settings.s3_endpoint_url, check=bucket
+        )
+    except OSError as exc:
+        raise StorageUnusable(
+            f"IMGCRUNCH_STORAGE_URL {settings.storage_url} cannot be written: {exc}"
+        ) from exc
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -62,7 +82,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """`codec_processes`: compress in worker processes (see codec_pool), else in threads.
     `on_finished`: how this mode has a finished request's webhook events sent."""
-    storage = open_storage(settings.storage_root)
+    storage = storage_for(settings)
     codec.configure(concurrency=1)  # parallel across images, one worker each, not within one
     codec_pool = CodecPool(workers=codec_workers, processes=codec_processes)
     guard = address_guard(settings)
@@ -80,6 +100,7 @@ async def open_runtime(
         codec_pool=codec_pool,
         options=PipelineOptions(
             public_base_url=settings.public_base_url,
+            public_images_url=settings.public_images_url,
             max_pixels=settings.max_pixels,
             background=settings.background,
             max_in_flight=settings.fetch_concurrency,

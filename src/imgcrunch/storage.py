@@ -18,9 +18,12 @@ from typing import Protocol, cast
 class Storage(Protocol):
     """Blocking calls: the pipeline runs them in its worker threads, never on the event loop.
 
-    `put` of an image runs on the codec thread that made it, so it must be quick, as a local
-    disk or a mounted shared folder is; a slow remote store would leave that core idle.
+    Where `writes_where_made` (a local disk, a mounted folder), an image is written by the
+    codec worker that made it, saving a hand-off of its bytes; elsewhere (a bucket) the
+    pipeline writes it, so that no codec worker waits on the network.
     """
+
+    writes_where_made: bool
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Store `data` at `key`, atomically: a reader sees all of it or none. With
@@ -47,12 +50,30 @@ class Storage(Protocol):
     def check_writable(self) -> None:
         """Write and remove a small probe; OSError if the store takes no writes."""
 
+    def presigned_url(self, key: str, *, seconds: int) -> str | None:
+        """A URL that reads `key` without credentials for `seconds`; None where there is none."""
 
-def open_storage(root: Path) -> Storage:
-    """The storage the settings name: today, the folder at `root`."""
-    storage = LocalStorage(root)
-    storage.path("images").mkdir(parents=True, exist_ok=True)
+
+def open_storage(url: str, *, s3_endpoint: str | None = None, check: bool = True) -> Storage:
+    """The storage `url` names: `file:///path` (a folder) or `s3://bucket/prefix`. With
+    `check`, a first write and delete prove it usable (OSError if not)."""
+    storage: Storage
+    if url.startswith("s3://"):
+        from imgcrunch.s3_storage import S3Storage  # only where a bucket is used: the s3 extra
+
+        storage = S3Storage(url, endpoint=s3_endpoint)
+    else:
+        storage = LocalStorage(folder_of(url))
+    if check:
+        storage.check_writable()
     return storage
+
+
+def folder_of(url: str) -> Path:
+    """The folder of a `file://` URL (`file:///srv/images`, or `file://var` relative)."""
+    if not url.startswith("file://"):
+        raise ValueError(f"a storage URL is file:///path or s3://bucket/prefix, not {url!r}")
+    return Path(url.removeprefix("file://"))
 
 
 def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
@@ -74,6 +95,8 @@ class LocalStorage:
     Temp files live in one folder of their own, on the same file system so the rename is atomic,
     where the ones a killed process left behind are easy to find and remove.
     """
+
+    writes_where_made = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -131,6 +154,9 @@ class LocalStorage:
 
     def free_bytes(self) -> int | None:
         return shutil.disk_usage(self.root).free
+
+    def presigned_url(self, key: str, *, seconds: int) -> str | None:
+        return None  # served by the API
 
     def check_writable(self) -> None:
         self._partial.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
 from imgcrunch.public_urls import PublicUrls
-from imgcrunch.runtime import address_guard, open_runtime, open_sessions
-from imgcrunch.storage import Storage, open_storage
+from imgcrunch.runtime import address_guard, open_runtime, open_sessions, storage_for
+from imgcrunch.storage import Storage
 
 BrokerCheck = Callable[[], Awaitable[None]]
 
@@ -34,7 +34,7 @@ class Services:
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         sessions = await stack.enter_async_context(open_sessions(settings))
-        storage = open_storage(settings.storage_root)
+        storage = storage_for(settings)
         check_broker: BrokerCheck | None = None
         if settings.queue == "celery":
             celery_dispatcher = CeleryDispatcher(settings)
@@ -52,7 +52,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             check_broker,
             address_guard(settings),
             ApiKeys.parse(settings.api_keys),
-            PublicUrls(settings.public_base_url),
+            PublicUrls(settings.public_base_url, images=settings.public_images_url),
         )
 
 

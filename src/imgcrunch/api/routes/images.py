@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from imgcrunch.api.deps import ServicesDep
 from imgcrunch.api.errors import ApiError
@@ -33,6 +33,7 @@ _MEDIA_TYPES = {"jpg": "image/jpeg"}
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "the compressed image"},
         304: {"description": "not modified: the image named in If-None-Match"},
+        307: {"description": "with IMGCRUNCH_S3_PRESIGN: the image's presigned URL"},
         **error_responses(404),
     },
 )
@@ -45,12 +46,19 @@ async def image(
     found = _NAME.fullmatch(name)
     if found is None or not _is_uuid(request_id):
         raise ApiError(404, "not_found", f"no image {request_id}/{name}")
+    key = f"images/{request_id}/{name}"
+    if services.settings.s3_presign and (
+        signed := await asyncio.to_thread(
+            services.storage.presigned_url, key, seconds=services.settings.s3_presign_seconds
+        )
+    ):
+        return RedirectResponse(signed, status_code=307)
     etag = f'"{found["digest"]}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     if if_none_match is not None and etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=304, headers=headers)
     try:
-        data = await asyncio.to_thread(services.storage.get, f"images/{request_id}/{name}")
+        data = await asyncio.to_thread(services.storage.get, key)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"no image {request_id}/{name}") from None
     except OSError as exc:

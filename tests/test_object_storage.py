@@ -1,0 +1,190 @@
+"""The service on S3 storage for real (SeaweedFS on loopback): images and CSVs in the bucket,
+served through the API, by presigned URL or from a public address; scale-out with no shared
+folder; the store stopped and started again mid-request; deleting a request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imgcrunch.signing import new_secret
+from tests import servers
+from tests.conftest import Bucket, ImageServer, Service, ServiceFactory
+from tests.scale_out import products_csv, running_scale_out, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def upload_and_finish(service: Service, urls: list[str]) -> tuple[str, dict[str, Any]]:
+    response = service.upload(products_csv(urls))
+    assert response.status_code == 202, response.text
+    request_id: str = response.json()["request_id"]
+    return request_id, service.wait_until_finished(request_id, timeout=120)
+
+
+def output_urls(service: Service, request_id: str) -> list[str]:
+    with service.client() as client:
+        images = client.get(f"/requests/{request_id}/images?limit=500").json()["images"]
+    return [image["output_url"] for image in images]
+
+
+def test_embedded_mode_keeps_everything_in_the_bucket_and_serves_it(
+    make_service: ServiceFactory, bucket: Bucket, image_server: ImageServer
+) -> None:
+    service = make_service(**bucket.settings())
+    urls = image_server.photo_urls(6, tag="s3-embedded-")
+    request_id, status = upload_and_finish(service, urls)
+    assert status["status"] == "completed", status
+    keys = bucket.stored()
+    assert f"csv/{request_id}/input.csv" in keys
+    assert f"csv/{request_id}/output.csv" in keys
+    outputs = output_urls(service, request_id)
+    images = [key for key in keys if key.startswith(f"images/{request_id}/")]
+    assert sorted(images) == sorted({url.split("/", 3)[3] for url in outputs})  # by content
+    assert not (service.data_dir / "images").exists()  # nothing in the local folder
+    for url in outputs:
+        assert url.startswith(f"{service.base_url}/images/{request_id}/")
+        served = httpx.get(url)
+        assert (served.status_code, served.headers["content-type"]) == (200, "image/jpeg")
+        assert served.content[:2] == b"\xff\xd8"
+    assert httpx.get(f"{service.base_url}/download/{request_id}").status_code == 200
+    ready = httpx.get(f"{service.base_url}/readyz").json()
+    assert ready["checks"]["storage"] == "ok"
+
+
+def test_deleting_a_request_removes_its_objects_and_no_other(
+    make_service: ServiceFactory, bucket: Bucket, image_server: ImageServer
+) -> None:
+    service = make_service(**bucket.settings())
+    doomed, _ = upload_and_finish(service, image_server.photo_urls(3, tag="s3-doomed-"))
+    kept, _ = upload_and_finish(service, image_server.photo_urls(3, tag="s3-kept-"))
+    before = bucket.stored()
+    assert httpx.delete(f"{service.base_url}/requests/{doomed}").status_code == 204
+    after = bucket.stored()
+    assert not [key for key in after if doomed in key]
+    assert after == [key for key in before if doomed not in key]
+    assert len([key for key in after if kept in key]) == 5  # three images, two CSVs
+
+
+def test_presigned_urls_and_a_public_address_for_the_images(
+    make_service: ServiceFactory, bucket: Bucket, image_server: ImageServer
+) -> None:
+    signed = make_service(**bucket.settings(), s3_presign="true", s3_presign_seconds="120")
+    request_id, _ = upload_and_finish(signed, image_server.photo_urls(3, tag="s3-signed-"))
+    url = output_urls(signed, request_id)[0]
+    redirect = httpx.get(url)
+    assert redirect.status_code == 307
+    location = redirect.headers["location"]
+    assert "X-Amz-Signature=" in location
+    assert "X-Amz-Expires=120" in location
+    assert httpx.get(location).content[:2] == b"\xff\xd8"  # no credentials needed
+
+    cdn = "https://cdn.example.com/catalog"
+    public = make_service(**bucket.settings(), public_images_url=cdn + "/")
+    request_id, _ = upload_and_finish(public, image_server.photo_urls(3, tag="s3-cdn-"))
+    url = output_urls(public, request_id)[0]
+    assert url.startswith(f"{cdn}/images/{request_id}/")  # the bucket's keys, under the CDN
+    assert url.removeprefix(f"{cdn}/") in bucket.stored()
+    output = httpx.get(f"{public.base_url}/download/{request_id}").text
+    assert url in output
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[servers.SeaweedS3]:
+    """An S3 server of this test's own, to stop and start again."""
+    server = servers.SeaweedS3.start_in(tmp_path)
+    server.create_bucket("outage")
+    yield server
+    server.remove()
+
+
+def test_the_store_stopped_mid_request_fails_no_image_and_the_request_completes(
+    make_service: ServiceFactory,
+    own_s3: servers.SeaweedS3,
+    image_server: ImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in own_s3.credentials.items():
+        monkeypatch.setenv(key, value)
+    service = make_service(
+        storage_url="s3://outage/p", s3_endpoint_url=own_s3.endpoint, fetch_concurrency="2"
+    )
+    urls = image_server.photo_urls(60, tag="s3-outage-")
+    image_server.delay = 0.2  # some 6 s of downloads: the store stops in the middle of them
+    try:
+        request_id = service.upload(products_csv(urls)).json()["request_id"]
+        wait_for("some images done", lambda: progress(service, request_id)["done"] >= 6)
+        own_s3.kill()
+        wait_for("the status to say why it waits", lambda: waiting(service, request_id))
+        ready = httpx.get(f"{service.base_url}/readyz", timeout=60)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["storage"].startswith("unwritable: ")
+        time.sleep(1)  # the outage
+        own_s3.start()
+    finally:
+        image_server.delay = 0.0
+    status = service.wait_until_finished(request_id, timeout=180)
+    assert status["status"] == "completed", status
+    assert (status["progress"]["done"], status["progress"]["failed"]) == (60, 0)
+    outputs = output_urls(service, request_id)
+    assert len(outputs) == 60
+    for url in set(outputs):  # written once the store was back, each of them
+        assert httpx.get(url).status_code == 200, url
+
+
+def progress(service: Service, request_id: str) -> dict[str, Any]:
+    status = httpx.get(f"{service.base_url}/status/{request_id}", timeout=60).json()
+    assert status["progress"]["failed"] == 0, status
+    answer: dict[str, Any] = status["progress"]
+    return answer
+
+
+def waiting(service: Service, request_id: str) -> bool:
+    status = httpx.get(f"{service.base_url}/status/{request_id}", timeout=60).json()
+    return str(status.get("waiting") or "").startswith("storage unavailable")
+
+
+def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
+    make_service: ServiceFactory,
+    bucket: Bucket,
+    postgres: servers.Postgres,
+    redis_server: servers.Redis,
+    image_server: ImageServer,
+    tmp_path: Path,
+) -> None:
+    urls = image_server.photo_urls(120, tag="s3-scale-")
+    with running_scale_out(
+        make_service,
+        tmp_path,
+        database_url=postgres.new_database(),
+        broker_url=servers.REDIS_URL,
+        key_prefix=redis_server.new_prefix(),
+        # No folder is shared, so neither is a made secret: the deployment names one.
+        settings=bucket.settings() | {"webhook_secret": new_secret()},
+        own_folders=True,
+    ) as deployment:
+        api = deployment.api
+        image_server.delay = 0.02
+        try:
+            request_id = api.upload(products_csv(urls)).json()["request_id"]
+            wait_for("a quarter done", lambda: progress(api, request_id)["done"] >= 30)
+            deployment.workers[0].kill_whole()
+        finally:
+            image_server.delay = 0.0
+        status = api.wait_until_finished(request_id, timeout=180)
+    assert status["status"] == "completed", status
+    assert (status["progress"]["done"], status["progress"]["failed"]) == (120, 0)
+    outputs = output_urls(api, request_id)
+    assert len(outputs) == 120
+    for url in outputs:
+        assert httpx.get(url).status_code == 200, url
+    images = [key for key in bucket.stored() if key.startswith(f"images/{request_id}/")]
+    assert sorted(images) == sorted({url.split("/", 3)[3] for url in outputs})  # by content
+    for folder in (tmp_path / "worker-0-data", tmp_path / "worker-1-data"):
+        assert not (folder / "images").exists()
+        assert not (folder / "csv").exists()
