@@ -40,6 +40,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/operate.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/s3_clients.py
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -402,10 +402,10 @@ def start(service: Service) -> None:
 
 
 @contextmanager
-def running_service() -> Iterator[Service]:
+def running_service(settings: dict[str, str] | None = None) -> Iterator[Service]:
     """A fresh service (new data folder, new process), stopped and removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="imgcrunch-bench-") as folder:
-        service = new_service(Path(folder))
+        service = new_service(Path(folder), settings)
         try:
             start(service)
             yield service
@@ -552,8 +552,11 @@ class Observed:
     sampled_kib: int
 
 
-def run_end_to_end(origin: Origin, images: int) -> Observed:
-    with running_service() as service, httpx.Client(base_url=service.base_url, timeout=60) as c:
+def run_end_to_end(origin: Origin, images: int, settings: dict[str, str] | None = None) -> Observed:
+    with (
+        running_service(settings) as service,
+        httpx.Client(base_url=service.base_url, timeout=60) as c,
+    ):
         # A fresh process pays one-off costs on its first images (libvips and pyvips set-up,
         # first connections); a running service has paid them already.
         warmup = upload(c, build_csv(origin, WARMUP_IMAGES, first_url=WARMUP_FIRST_URL))

@@ -212,3 +212,12 @@ def test_a_missing_extra_is_named_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr  # no traceback
     assert "needs the scale-out extras: pip install 'imgcrunch[scale-out]'" in lines[0]
+
+
+def test_a_misspelt_setting_is_named_at_start_not_ignored_in_silence(tmp_path: Path) -> None:
+    result = imgcrunch(
+        "migrate", cwd=tmp_path, data_dir=str(tmp_path / "var"), storage_ulr="s3://shop/images"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "IMGCRUNCH_STORAGE_ULR is not a setting of imgcrunch: ignored" in result.stderr
+    assert "IMGCRUNCH_DATA_DIR" not in result.stderr

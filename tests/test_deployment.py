@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from imgcrunch.signing import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,18 +25,19 @@ def compose_command() -> list[str]:
     pytest.skip("no Compose client here (docker compose or docker-compose) to validate with")
 
 
-def test_the_compose_file_is_valid_and_shares_one_images_volume() -> None:
+def test_the_compose_file_is_valid_and_shares_no_folder() -> None:
     result = subprocess.run(
         [*compose_command(), "--file", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
+        env=os.environ | {"IMGCRUNCH_WEBHOOK_SECRET": new_secret()},
     )
     assert result.returncode == 0, result.stderr
     resolved = result.stdout
-    for service in ("api:", "worker:", "postgres:", "redis:", "migrate:"):
+    for service in ("api:", "worker:", "postgres:", "redis:", "migrate:", "s3:"):
         assert f"\n  {service}\n" in resolved
-    # migrate, api and worker all mount it (short syntax from Compose v1, long from v2)
-    assert len(re.findall(r"- images:/data|source: images", resolved)) >= 3
     assert "IMGCRUNCH_QUEUE: celery" in resolved
+    assert "IMGCRUNCH_STORAGE_URL: s3://" in resolved
+    assert not re.findall(r"- images:/data|source: images", resolved)  # the bucket, no volume
