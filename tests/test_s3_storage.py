@@ -7,8 +7,8 @@ import uuid
 import httpx
 import pytest
 
-from imgcrunch.s3_storage import IMMUTABLE, S3Storage, parse_s3_url
-from imgcrunch.storage import image_key, input_csv_key, open_storage, output_csv_key
+from imgcrunch.s3_storage import S3Storage, parse_s3_url
+from imgcrunch.storage import IMMUTABLE, image_key, input_csv_key, open_storage, output_csv_key
 from tests.conftest import Bucket
 
 

@@ -25,12 +25,13 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
+from imgcrunch.storage import IMMUTABLE
+
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
 
 T = TypeVar("T")
 
-IMMUTABLE = "public, max-age=31536000, immutable"  # a key never changes content
 _MEDIA_TYPES = {".jpg": "image/jpeg", ".csv": "text/csv; charset=utf-8"}
 # A store that is away is told apart from a slow one within seconds, not obstore's three
 # minutes: the work loop's own backoff takes over from there.

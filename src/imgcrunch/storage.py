@@ -76,6 +76,11 @@ def folder_of(url: str) -> Path:
     return Path(url.removeprefix("file://"))
 
 
+# How long a stored file may be kept by any cache: a key is named by its content, so never
+# changes it.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
 def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
     """Content-addressed, so processing an image twice writes the same file, not a second one."""
     return f"images/{request_id}/{hashlib.sha256(data).hexdigest()}.{extension}"

@@ -19,10 +19,10 @@ from imgcrunch.api.deps import ServicesDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.presenting import error_responses
 from imgcrunch.faults import storage_fault
+from imgcrunch.storage import IMMUTABLE
 
 router = APIRouter(tags=["images"])
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 _NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg)")
 _MEDIA_TYPES = {"jpg": "image/jpeg"}
 
