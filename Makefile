@@ -41,7 +41,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/operate.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/s3_clients.py
-	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/storage.py --pin
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -363,9 +363,13 @@ class Origin:
     def served(self) -> int:
         return int(self._served.value)
 
-    def cpu_seconds(self) -> float:
+    @property
+    def pid(self) -> int:
         assert self._process.pid is not None
-        return cpu_seconds(self._process.pid)
+        return self._process.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def url(self, n: int) -> str:
         return f"{self.base_url}/p/{n}/{self.names[n % len(self.names)]}"
@@ -552,7 +556,14 @@ class Observed:
     sampled_kib: int
 
 
-def run_end_to_end(origin: Origin, images: int, settings: dict[str, str] | None = None) -> Observed:
+def run_end_to_end(
+    origin: Origin,
+    images: int,
+    settings: dict[str, str] | None = None,
+    warmed: Callable[[Service], None] | None = None,
+) -> Observed:
+    """One timed request through a fresh service; `warmed` is called on the service once its
+    warm-up request has completed, just before the timed one."""
     with (
         running_service(settings) as service,
         httpx.Client(base_url=service.base_url, timeout=60) as c,
@@ -561,6 +572,8 @@ def run_end_to_end(origin: Origin, images: int, settings: dict[str, str] | None 
         # first connections); a running service has paid them already.
         warmup = upload(c, build_csv(origin, WARMUP_IMAGES, first_url=WARMUP_FIRST_URL))
         wait_until_completed(c, warmup.request_id)
+        if warmed is not None:
+            warmed(service)
         body = build_csv(origin, images)
         sampler = RssSampler(service.pid)
         sampler.start()

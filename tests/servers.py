@@ -317,6 +317,11 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def credentials(self) -> dict[str, str]:
         """The standard AWS variables a client reads them from."""
         return {
