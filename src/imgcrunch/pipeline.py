@@ -365,8 +365,9 @@ class Pipeline:
         try:
             if request_id in self._cancelled:
                 return _cancelled(image)
-            encoded = await self.codec_pool.run(encode_and_store, self._worker_storage, request_id,
-                                                data, options)  # fmt: skip
+            encoded = await self.codec_pool.run(
+                encode_and_store, self._worker_storage, request_id, data, options
+            )
             metrics.CODEC_SECONDS.observe(encoded.seconds)
             if encoded.data is not None:  # a bucket: written here, the codec worker free again
                 await asyncio.to_thread(self.storage.put, encoded.key, encoded.data)

@@ -79,10 +79,12 @@ async def open_runtime(
     codec_workers: int,
     codec_processes: bool,
     on_finished: FinishedHook,
+    storage: Storage | None = None,
 ) -> AsyncIterator[Runtime]:
     """`codec_processes`: compress in worker processes (see codec_pool), else in threads.
+    `storage`: one opened already (the API's), else it is opened from the settings.
     `on_finished`: how this mode has a finished request's webhook events sent."""
-    storage = storage_for(settings)
+    storage = storage or storage_for(settings)
     codec.configure(concurrency=1)  # parallel across images, one worker each, not within one
     codec_pool = CodecPool(workers=codec_workers, processes=codec_processes)
     guard = address_guard(settings)

@@ -25,14 +25,13 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
-from imgcrunch.storage import IMMUTABLE
+from imgcrunch.storage import IMMUTABLE, media_type
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
 
 T = TypeVar("T")
 
-_MEDIA_TYPES = {".jpg": "image/jpeg", ".csv": "text/csv; charset=utf-8"}
 # A store that is away is told apart from a slow one within seconds, not obstore's three
 # minutes: the work loop's own backoff takes over from there.
 _RETRIES: RetryConfig = {
@@ -71,7 +70,7 @@ class S3Storage:
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         # A PUT that has answered is durable: `durable` has nothing to add.
-        attributes = {"Content-Type": _media_type(key), "Cache-Control": IMMUTABLE}
+        attributes = {"Content-Type": media_type(key), "Cache-Control": IMMUTABLE}
         _stored(lambda: obstore.put(self._store, _checked(key), data, attributes=attributes))
 
     def sync(self, keys: Iterable[str]) -> None:
@@ -121,10 +120,6 @@ def _checked(key: str) -> str:
     if path.is_absolute() or ".." in path.parts or not key:
         raise ValueError(f"invalid storage key {key!r}")
     return key
-
-
-def _media_type(key: str) -> str:
-    return _MEDIA_TYPES.get(PurePosixPath(key).suffix, "application/octet-stream")
 
 
 def _stored(call: Callable[[], T]) -> T:

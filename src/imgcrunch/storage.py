@@ -81,6 +81,14 @@ def folder_of(url: str) -> Path:
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+_MEDIA_TYPES = {".jpg": "image/jpeg", ".csv": "text/csv; charset=utf-8"}
+
+
+def media_type(key: str) -> str:
+    """The Content-Type of what is stored at `key`, by its extension."""
+    return _MEDIA_TYPES.get(PurePosixPath(key).suffix, "application/octet-stream")
+
+
 def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
     """Content-addressed, so processing an image twice writes the same file, not a second one."""
     return f"images/{request_id}/{hashlib.sha256(data).hexdigest()}.{extension}"

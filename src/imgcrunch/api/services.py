@@ -41,7 +41,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             dispatcher: Dispatcher = celery_dispatcher
             check_broker = celery_dispatcher.check_broker
         else:
-            dispatcher = await stack.enter_async_context(_inline_dispatcher(settings, sessions))
+            dispatcher = await stack.enter_async_context(
+                _inline_dispatcher(settings, sessions, storage)
+            )
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         yield Services(
@@ -58,7 +60,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
 
 @asynccontextmanager
 async def _inline_dispatcher(
-    settings: Settings, sessions: SessionFactory
+    settings: Settings, sessions: SessionFactory, storage: Storage
 ) -> AsyncIterator[InlineDispatcher]:
     nudge = WebhookNudge()
     async with open_runtime(
@@ -67,6 +69,7 @@ async def _inline_dispatcher(
         codec_workers=settings.cpu_workers,
         codec_processes=True,
         on_finished=nudge,
+        storage=storage,  # the API's own: a bucket is opened and checked once
     ) as runtime:
         # Embedded mode is the only writer: a temp file found now belongs to a killed process.
         runtime.storage.remove_partial_writes()

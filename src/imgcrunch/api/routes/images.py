@@ -19,12 +19,11 @@ from imgcrunch.api.deps import ServicesDep
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.presenting import error_responses
 from imgcrunch.faults import storage_fault
-from imgcrunch.storage import IMMUTABLE
+from imgcrunch.storage import IMMUTABLE, media_type
 
 router = APIRouter(tags=["images"])
 
 _NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg)")
-_MEDIA_TYPES = {"jpg": "image/jpeg"}
 
 
 @router.get(
@@ -63,7 +62,7 @@ async def image(
         raise ApiError(404, "not_found", f"no image {request_id}/{name}") from None
     except OSError as exc:
         raise storage_fault(exc) from exc
-    return Response(data, media_type=_MEDIA_TYPES[found["extension"]], headers=headers)
+    return Response(data, media_type=media_type(key), headers=headers)
 
 
 # HEAD answers as GET does, without the body; not a second operation in the OpenAPI document.
