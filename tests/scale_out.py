@@ -9,15 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from tests.conftest import Service, ServiceFactory
+from tests.plugins.services import Service, ServiceFactory
+from tests.waiting import wait_until
 
 CLAIM_TIMEOUT = 3.0  # seconds: the lease, short, so that a dead worker's claims go quickly
 
@@ -49,15 +49,13 @@ class Worker:
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited at start:\n{self.log()}")
-            if " ready." in self.log()[self._log_start :]:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start:\n{self.log()}")
+            return " ready." in self.log()[self._log_start :]
+
+        wait_until(f"worker {self.name} to start", ready, timeout=timeout, interval=0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -127,15 +125,6 @@ def products_csv(urls: list[str]) -> str:
         f'{n},Product {n},"{",".join(urls[3 * n : 3 * n + 3])}"\n' for n in range(len(urls) // 3)
     )
     return "S. No,Product Name,Input Image Urls\n" + rows
-
-
-def wait_for(condition: str, check: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {condition}")
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from typing import Any, NoReturn
 import asyncpg
 import pytest
 import redis
+
+from tests.waiting import wait_until
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "IMGCRUNCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -37,7 +38,7 @@ def services_required() -> bool:
 
 
 def unavailable(what: str, error: BaseException) -> NoReturn:
-    reason = f"{what} is not reachable ({type(error).__name__}: {error})"
+    reason = f"{what} is not available here ({type(error).__name__}: {error})"
     if services_required():
         pytest.fail(f"{reason}, and IMGCRUNCH_REQUIRE_SERVICES=1 says it must be", pytrace=False)
     pytest.skip(f"{reason}; start it (README, Development)")
@@ -151,14 +152,6 @@ def connect_redis() -> Redis:
 # --- private servers, for the tests that kill them ------------------------------------------
 
 
-def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {timeout:g} s")
-        time.sleep(0.05)
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -202,7 +195,7 @@ class PrivateRedis:
             stderr=subprocess.STDOUT,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        _wait_until(lambda: _answers(client.ping), f"redis-server on port {self.port}")
+        wait_until(f"redis-server on port {self.port}", lambda: _answers(client.ping), timeout=30)
         client.close()
 
     def client(self) -> redis.Redis:
@@ -364,7 +357,7 @@ class SeaweedS3:
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        _wait_until(self._answers, f"SeaweedFS S3 on port {ports['s3']}", timeout)
+        wait_until(f"SeaweedFS S3 on port {ports['s3']}", self._answers, timeout=timeout)
 
     def _answers(self) -> bool:
         assert self.process is not None

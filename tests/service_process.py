@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.waiting import wait_until
 
 LOG_TAIL_LINES = 40
 
@@ -80,21 +81,19 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServiceError(
-                    f"the service exited at start (code {self.process.returncode}):\n"
-                    + self.log_tail()
-                )
-            if self._healthy():
-                return
-            time.sleep(0.1)
-        raise ServiceError(
-            f"the service did not answer /healthz within {timeout:g} s:\n" + self.log_tail()
-        )
+        try:
+            wait_until("/healthz to answer", self._healthy, timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise ServiceError(
+                f"the service did not answer /healthz within {timeout:g} s:\n" + self.log_tail()
+            ) from None
 
     def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise ServiceError(
+                f"the service exited at start (code {self.process.returncode}):\n" + self.log_tail()
+            )
         try:
             return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
@@ -136,13 +135,31 @@ class ServiceProcess:
                 "/upload", files={"file": ("products.csv", body, "text/csv")}, data=form
             )
 
-    def wait_until_finished(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        status: dict[str, Any] = {}
+    def status(self, request_id: str, *, key: str | None = None) -> dict[str, Any]:
+        """GET /status/{request_id} (with this API key), answered 200."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         with self.client() as client:
-            while time.monotonic() < deadline:
-                status = client.get(f"/status/{request_id}").json()
-                if status["status"] not in ("queued", "processing"):
-                    return status
-                time.sleep(0.1)
-        raise AssertionError(f"request {request_id} not finished after {timeout} s: {status}")
+            response = client.get(f"/status/{request_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        status: dict[str, Any] = response.json()
+        return status
+
+    def wait_until_done(
+        self, request_id: str, at_least: int, timeout: float = 60.0, *, key: str | None = None
+    ) -> dict[str, Any]:
+        """The status, once at least `at_least` of the request's images are done."""
+
+        def far_enough() -> dict[str, Any] | None:
+            status = self.status(request_id, key=key)
+            return status if status["progress"]["done"] >= at_least else None
+
+        return wait_until(f"{at_least} images of {request_id} done", far_enough, timeout=timeout)
+
+    def wait_until_finished(
+        self, request_id: str, timeout: float = 60.0, *, key: str | None = None
+    ) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            status = self.status(request_id, key=key)
+            return None if status["status"] in ("queued", "processing") else status
+
+        return wait_until(f"request {request_id} to finish", finished, timeout=timeout)

@@ -5,22 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
+import sqlite3
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 import pyvips
 
+from imgcrunch.api.auth import fingerprint
 from imgcrunch.signing import verify
-from tests.conftest import (
-    PHOTOS,
-    ImageServer,
-    Service,
-    ServiceFactory,
-    WebhookReceiver,
-)
+from tests.imaging import PHOTOS
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.receivers import Receiver
+from tests.plugins.services import Service, ServiceFactory
 from tests.service_process import free_port
+from tests.waiting import wait_until
 
 
 def read_csv(text: str) -> list[dict[str, str]]:
@@ -95,36 +95,34 @@ def urlpath(url: str) -> str:
 
 
 def test_status_shows_queued_then_processing_then_done(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, origin_delay: OriginDelay
 ) -> None:
     service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
+    image_server = origin_delay(0.3)
     urls = image_server.photo_urls(6, tag="slow")
-    image_server.delay = 0.3
-    try:
-        request_id = upload_ok(
-            service,
-            "S. No,Product Name,Input Image Urls\n"
-            + "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1)),
-        )
-        seen: list[str] = []
-        deadline = time.monotonic() + 60
-        with service.client() as client:
-            while not seen or seen[-1] not in ("completed", "completed_with_errors"):
-                assert time.monotonic() < deadline, seen
-                status = client.get(f"/status/{request_id}").json()
-                if not seen or seen[-1] != status["status"]:
-                    seen.append(status["status"])
-                if status["status"] == "processing":
-                    assert 0 <= status["progress"]["percent"] <= 100
-                    download = client.get(f"/download/{request_id}")
-                    if download.status_code == 200:  # it finished in between: say so next
-                        assert client.get(f"/status/{request_id}").json()["status"] == "completed"
-                        continue
-                    assert download.status_code == 409
-                    assert download.json()["error"]["code"] == "not_ready"
-                time.sleep(0.05)
-    finally:
-        image_server.delay = 0.0
+    request_id = upload_ok(
+        service,
+        "S. No,Product Name,Input Image Urls\n"
+        + "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1)),
+    )
+    seen: list[str] = []
+    with service.client() as client:
+
+        def finished() -> bool:
+            status = client.get(f"/status/{request_id}").json()
+            if not seen or seen[-1] != status["status"]:
+                seen.append(status["status"])
+            if status["status"] == "processing":
+                assert 0 <= status["progress"]["percent"] <= 100
+                download = client.get(f"/download/{request_id}")
+                if download.status_code == 200:  # it finished in between: say so next
+                    assert client.get(f"/status/{request_id}").json()["status"] == "completed"
+                    return False
+                assert download.status_code == 409
+                assert download.json()["error"]["code"] == "not_ready"
+            return seen[-1] in ("completed", "completed_with_errors")
+
+        wait_until("the request to finish", finished)
     assert seen[-2:] == ["processing", "completed"]
     assert set(seen) <= {"queued", "processing", "completed"}
 
@@ -216,14 +214,19 @@ def test_hostile_origins_each_fail_alone_with_their_reason(
     flaky = image_server.url("/flaky?fail=1&status=503&key=hostile")
     good = image_server.photo_urls(1, tag="after-hostile")[0]
     rows = [f"{n},P{n},{url}" for n, url in enumerate([*urls, flaky, good], 1)]
-    started = time.monotonic()
     request_id = upload_ok(service, "S. No,Product Name,Input Image Urls\n" + "\n".join(rows))
-    status = service.wait_until_finished(request_id, timeout=30)
-    # Every download is bounded by IMGCRUNCH_FETCH_TIMEOUT (5 s here), and they run side by side.
-    assert time.monotonic() - started < 15
+    status = service.wait_until_finished(request_id, timeout=120)
     assert status["status"] == "completed_with_errors"
     assert status["progress"]["done"] == 2  # the 503-then-200 origin, and the photo after them all
     assert {error["url"]: error["code"] for error in status["errors"]} == urls
+    # The service's own limits ended the endless answers (which go on for HOSTILE_FOR, 30 s,
+    # and would otherwise end as broken connections): the total time (IMGCRUNCH_FETCH_TIMEOUT,
+    # 5 s here) the drip, the byte cap the endless body.
+    messages = {error["url"]: error["message"] for error in status["errors"]}
+    assert messages[image_server.url("/drip.jpg")] == "download took longer than 5 s"
+    assert messages[image_server.url("/endless.jpg")].startswith(
+        "image is over the 5,000,000 byte limit"
+    )
 
 
 def test_the_same_url_twice_is_downloaded_once(service: Service, image_server: ImageServer) -> None:
@@ -317,17 +320,14 @@ def test_limits_answer_413(make_service: ServiceFactory) -> None:
 
 
 def test_past_the_queue_cap_uploads_answer_429_with_retry_after(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, held_origin: ImageServer
 ) -> None:
-    service = make_service(MAX_QUEUED_REQUESTS="1", FETCH_CONCURRENCY="1", BATCH_SIZE="1")
-    image_server.delay = 0.2
-    try:
-        urls = ",".join(image_server.photo_urls(5, tag="cap-"))
-        first = upload_ok(service, f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
-        one_more = f"S. No,Product Name,Input Image Urls\n1,B,{image_server.photo_urls(1)[0]}\n"
-        refused = service.upload(one_more)
-    finally:
-        image_server.delay = 0.0
+    service = make_service(MAX_QUEUED_REQUESTS="1")
+    urls = ",".join(held_origin.photo_urls(2, tag="cap-", held=True))
+    first = upload_ok(service, f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+    one_more = f"S. No,Product Name,Input Image Urls\n1,B,{held_origin.photo_urls(1)[0]}\n"
+    refused = service.upload(one_more)
+    held_origin.release.set()
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "30"
     assert refused.json()["error"]["code"] == "too_many_requests"
@@ -337,43 +337,33 @@ def test_past_the_queue_cap_uploads_answer_429_with_retry_after(
 
 
 def test_one_key_past_its_own_cap_is_refused_while_another_key_is_not(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, held_origin: ImageServer
 ) -> None:
     key_a, key_b = "shop-a-" + "k" * 24, "shop-b-" + "q" * 24
     service = make_service(
-        API_KEYS=f"shop-a:{key_a},shop-b:{key_b}",
-        MAX_QUEUED_REQUESTS_PER_KEY="1",
-        FETCH_CONCURRENCY="1",
-        BATCH_SIZE="1",
+        API_KEYS=f"shop-a:{key_a},shop-b:{key_b}", MAX_QUEUED_REQUESTS_PER_KEY="1"
     )
     as_a = {"Authorization": f"Bearer {key_a}"}
     as_b = {"Authorization": f"Bearer {key_b}"}
 
-    def upload(headers: dict[str, str], count: int) -> httpx.Response:
-        urls = ",".join(image_server.photo_urls(count, tag="per-key-"))
+    def upload(headers: dict[str, str], count: int, *, held: bool = False) -> httpx.Response:
+        urls = ",".join(held_origin.photo_urls(count, tag="per-key-", held=held))
         body = f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n'
         with service.client() as client:
             files = {"file": ("p.csv", body, "text/csv")}
             return client.post("/upload", files=files, headers=headers)
 
-    image_server.delay = 0.2
-    try:
-        first = upload(as_a, 5)
-        refused = upload(as_a, 1)
-        other_key = upload(as_b, 1)
-    finally:
-        image_server.delay = 0.0
+    first = upload(as_a, 2, held=True)
+    refused = upload(as_a, 1)
+    other_key = upload(as_b, 1)
+    held_origin.release.set()
     assert first.status_code == 202
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "30"
     assert "IMGCRUNCH_MAX_QUEUED_REQUESTS_PER_KEY" in refused.json()["error"]["message"]
     assert other_key.status_code == 202, other_key.text
-    with service.client() as client:
-        deadline = time.monotonic() + 60
-        status = f"/status/{first.json()['request_id']}"
-        while client.get(status, headers=as_a).json()["status"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    first_id = first.json()["request_id"]
+    assert service.wait_until_finished(first_id, key=key_a)["status"] == "completed"
     assert upload(as_a, 1).status_code == 202  # room again for this key
 
 
@@ -555,21 +545,21 @@ def test_quality_can_be_chosen_per_request(service: Service, image_server: Image
 
 
 def test_webhook_is_called_when_done(
-    service: Service, image_server: ImageServer, webhook_receiver: WebhookReceiver
+    service: Service, image_server: ImageServer, receiver: Receiver
 ) -> None:
     url = image_server.photo_urls(1, tag="hook")[0]
     request_id = upload_ok(
         service,
         f"S. No,Product Name,Input Image Urls\n1,A,{url}\n2,B,{image_server.url('/missing.jpg')}\n",
-        webhook_url=webhook_receiver.url,
+        webhook_url=receiver.url,
     )
     service.wait_until_finished(request_id)
-    [(headers, body)] = webhook_receiver.wait_for(1)
+    [delivery] = receiver.wait_for_deliveries(1)
     # Signed with the secret the service made for itself on first start and kept.
     secret = (service.data_dir / "webhook-secret").read_text().strip()
-    event = verify(body, headers, secret)
-    assert headers["content-type"] == "application/json"
-    assert headers["webhook-id"].startswith("msg_")
+    event = verify(delivery.body, delivery.headers, secret)
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.id.startswith("msg_")
     assert event["type"] == "request.completed"
     assert event["data"] == {
         "request_id": request_id,
@@ -578,14 +568,14 @@ def test_webhook_is_called_when_done(
         "output_csv_url": f"{service.base_url}/download/{request_id}",
         "download_url": f"{service.base_url}/download/{request_id}",
     }
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        webhook = httpx.get(f"{service.base_url}/status/{request_id}").json()["webhook"]
-        if webhook["state"] == "delivered":
-            break
-        time.sleep(0.05)
+
+    def recorded() -> dict[str, Any] | None:
+        webhook: dict[str, Any] = service.status(request_id)["webhook"]
+        return webhook if webhook["state"] == "delivered" else None
+
+    webhook = wait_until("the delivery recorded", recorded)
     assert {k: webhook[k] for k in ("url", "state", "attempts", "response_status")} == {
-        "url": webhook_receiver.url,
+        "url": receiver.url,
         "state": "delivered",
         "attempts": 1,
         "response_status": 204,
@@ -621,10 +611,7 @@ def test_api_keys_guard_every_route_and_keep_requests_apart(
         )
         assert accepted.status_code == 202
         request_id = accepted.json()["request_id"]
-        deadline = time.monotonic() + 30
-        while client.get(f"/status/{request_id}", headers=as_a).json()["status"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert service.wait_until_finished(request_id, key=key_a)["status"] == "completed"
         # Another key sees nothing of it: the same answer as for an id that does not exist.
         for path in (f"/status/{request_id}", f"/download/{request_id}"):
             hidden = client.get(path, headers=as_b)
@@ -644,6 +631,76 @@ def test_api_keys_guard_every_route_and_keep_requests_apart(
     log = service.log_path.read_text()
     assert key_a not in log
     assert key_b not in log
+
+
+def test_api_keys_are_never_stored_and_requests_made_without_keys_stay_hidden(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service()  # no keys yet
+    photos = image_server.photo_urls(3, tag="keys-kept-")
+    before = upload_ok(service, f"S. No,Product Name,Input Image Urls\n1,A,{photos[0]}\n")
+    assert service.wait_until_finished(before)["status"] == "completed"
+    service.stop()
+    key_a, key_b = "shop-a-" + "k" * 24, "bare-key-" + "q" * 24
+    service.env["IMGCRUNCH_API_KEYS"] = f"shop-a:{key_a},{key_b}"
+    service.start()
+
+    made = []
+    with service.client() as client:
+        for key, photo in ((key_a, photos[1]), (key_b, photos[2])):
+            bearer = {"Authorization": f"Bearer {key}"}
+            for path in (f"/status/{before}", f"/download/{before}"):
+                assert client.get(path, headers=bearer).status_code == 404, (key, path)
+            assert client.get("/requests", headers=bearer).json()["requests"] == []
+            csv_text = f"S. No,Product Name,Input Image Urls\n1,A,{photo}\n"
+            files = {"file": ("p.csv", csv_text, "text/csv")}
+            accepted = client.post("/upload", files=files, headers=bearer)
+            assert accepted.status_code == 202
+            made.append(accepted.json()["request_id"])
+            assert service.wait_until_finished(made[-1], key=key)["status"] == "completed"
+    service.stop()  # so that the database's write-ahead log is folded into its file
+
+    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
+        owners = {
+            str(uuid.UUID(id_)): owner
+            for id_, owner in db.execute("SELECT id, owner FROM requests")
+        }
+    # The owner's name, or a fingerprint of a bare key: never the key.
+    assert owners == {before: None, made[0]: "shop-a", made[1]: fingerprint(key_b)}
+    # No file the service keeps (database, log, CSVs, images) holds either key.
+    for kept in service.data_dir.rglob("*"):
+        if kept.is_file():
+            content = kept.read_bytes()
+            assert key_a.encode() not in content, kept
+            assert key_b.encode() not in content, kept
+
+
+def test_errors_and_kept_originals_are_capped_in_the_status_never_in_the_csv(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(ERRORS_IN_STATUS="3")
+
+    def submit(tag: str, failed: int, kept: int) -> str:
+        urls = [image_server.url(f"/missing.jpg?n={tag}{n}") for n in range(failed)]
+        urls += [image_server.url(f"/compressed.jpg?n={tag}{n}") for n in range(kept)]
+        rows = "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1))
+        return upload_ok(service, "S. No,Product Name,Input Image Urls\n" + rows)
+
+    # Each list at the cap in one request and over it in the other.
+    more_kept, more_failed = submit("more-kept-", 3, 5), submit("more-failed-", 4, 3)
+    status = service.wait_until_finished(more_kept)
+    assert (status["progress"]["failed"], status["progress"]["kept_original"]) == (3, 5)
+    assert (len(status["errors"]), status["errors_truncated"]) == (3, False)
+    assert (len(status["kept_originals"]), status["kept_originals_truncated"]) == (3, True)
+
+    status = service.wait_until_finished(more_failed)
+    assert (status["progress"]["failed"], status["progress"]["kept_original"]) == (4, 3)
+    assert (len(status["errors"]), status["errors_truncated"]) == (3, True)
+    assert (len(status["kept_originals"]), status["kept_originals_truncated"]) == (3, False)
+    assert [error["row"] for error in status["errors"]] == ["1", "2", "3"]  # the first ones
+    rows = download(service, more_failed)
+    assert sum(bool(row["Errors"]) for row in rows) == 4
+    assert sum(bool(row["Kept Originals"]) for row in rows) == 3
 
 
 def test_health_and_docs(service: Service) -> None:

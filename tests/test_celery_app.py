@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,23 +21,18 @@ from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
 from imgcrunch.signing import new_secret, verify
 from tests import servers
-from tests.conftest import (
-    ImageServer,
-    Receiver,
-    Service,
-    ServiceFactory,
-    WebhookReceiver,
-    scrape,
-)
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.receivers import Receiver
+from tests.plugins.services import Service, ServiceFactory, scrape
 from tests.scale_out import (
     CLAIM_TIMEOUT,
     ScaleOut,
     Worker,
     products_csv,
     running_scale_out,
-    wait_for,
 )
 from tests.service_process import free_port
+from tests.waiting import wait_until
 
 IMAGES = 240  # 80 products of three photos: many batches, shared by both workers
 
@@ -74,26 +70,26 @@ def normalised_output(service: Service, request_id: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text)))
 
 
+# A failed delivery would be retried within 1.2 s (the schedule's 1 s, +20%).
+@pytest.mark.parametrize("extra_settings", [{"webhook_retry_schedule": "1,1"}], indirect=True)
 def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
     scale_out: ScaleOut,
     image_server: ImageServer,
-    webhook_receiver: WebhookReceiver,
+    receiver: Receiver,
     make_service: ServiceFactory,
+    origin_delay: OriginDelay,
 ) -> None:
     urls = image_server.photo_urls(IMAGES, tag="scale-")
-    image_server.delay = 0.02  # a request that lasts long enough to kill a worker in it
-    try:
-        response = scale_out.api.upload(products_csv(urls), webhook_url=webhook_receiver.url)
-        assert response.status_code == 202, response.text
-        request_id = response.json()["request_id"]
+    origin_delay(0.02)  # a request that lasts long enough to kill a worker in it
+    response = scale_out.api.upload(products_csv(urls), webhook_url=receiver.url)
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
 
-        doomed, survivor = scale_out.workers
-        pool_pid = doomed.pool_pids()[0]
-        wait_for("the doomed worker to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
-        doomed.kill_whole()
-        status = scale_out.api.wait_until_finished(request_id, timeout=120)
-    finally:
-        image_server.delay = 0.0
+    doomed, survivor = scale_out.workers
+    pool_pid = doomed.pool_pids()[0]
+    wait_until("the doomed worker to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
+    doomed.kill_whole()
+    status = scale_out.api.wait_until_finished(request_id, timeout=120)
 
     assert status["status"] == "completed", status
     assert status["progress"] == {
@@ -128,12 +124,13 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
             "SELECT status FROM webhook_deliveries WHERE request_id = $1", request_id
         )
 
-    wait_for("the webhook delivered", lambda: deliveries() == [("delivered",)])
-    assert len(webhook_receiver.received) == 1
+    wait_until("the webhook delivered", lambda: deliveries() == [("delivered",)])
+    # Nor later: by now a retry (1.2 s at most), or a sweep (every second), would have come.
+    time.sleep(3)
+    assert len(receiver.deliveries) == 1
     # Signed with the secret the workers made in the folder they share with the API.
     secret = (scale_out.api.data_dir / "webhook-secret").read_text().strip()
-    headers, body = webhook_receiver.received[0]
-    event = verify(body, headers, secret)
+    event = verify(receiver.deliveries[0].body, receiver.deliveries[0].headers, secret)
     assert (event["type"], event["data"]["request_id"]) == ("request.completed", request_id)
 
     # The same input through embedded mode gives the same output, byte for byte of each image.
@@ -144,20 +141,17 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
 
 
 def test_a_killed_pool_process_has_its_batch_redelivered(
-    scale_out: ScaleOut, image_server: ImageServer
+    scale_out: ScaleOut, image_server: ImageServer, origin_delay: OriginDelay
 ) -> None:
     urls = image_server.photo_urls(48, tag="pool-kill-")
     scale_out.workers[1].stop()  # one worker, so the one killed process surely held work
-    image_server.delay = 0.05
-    try:
-        request_id = scale_out.api.upload(products_csv(urls)).json()["request_id"]
-        worker = scale_out.workers[0]
-        pool_pid = worker.pool_pids()[0]
-        wait_for("the pool process to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
-        os.kill(pool_pid, signal.SIGKILL)  # Celery starts a new one; the message is requeued
-        status = scale_out.api.wait_until_finished(request_id, timeout=120)
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.05)
+    request_id = scale_out.api.upload(products_csv(urls)).json()["request_id"]
+    worker = scale_out.workers[0]
+    pool_pid = worker.pool_pids()[0]
+    wait_until("the pool process to hold a claim", lambda: scale_out.claims_held_by(pool_pid))
+    os.kill(pool_pid, signal.SIGKILL)  # Celery starts a new one; the message is requeued
+    status = scale_out.api.wait_until_finished(request_id, timeout=120)
     assert status["progress"]["done"] == 48, status
     assert "WorkerLostError" in worker.log()
     assert [url for url, *_ in scale_out.image_rows(request_id)] == urls
@@ -165,7 +159,7 @@ def test_a_killed_pool_process_has_its_batch_redelivered(
 
 @pytest.mark.parametrize("extra_settings", [{"batch_size": "2"}], indirect=True)
 def test_a_small_request_is_not_queued_behind_a_huge_one(
-    scale_out: ScaleOut, image_server: ImageServer
+    scale_out: ScaleOut, image_server: ImageServer, origin_delay: OriginDelay
 ) -> None:
     scale_out.workers[1].stop()  # one worker process: the order it is given work decides
 
@@ -174,17 +168,14 @@ def test_a_small_request_is_not_queued_behind_a_huge_one(
         count: int = status["progress"]["done"]
         return count
 
-    image_server.delay = 0.03
-    try:
-        huge = scale_out.api.upload(products_csv(image_server.photo_urls(90, tag="huge-")))
-        huge_id = huge.json()["request_id"]
-        wait_for("the huge request to start", lambda: done(huge_id) > 0)
-        small = scale_out.api.upload(products_csv(image_server.photo_urls(3, tag="small-")))
-        small_status = scale_out.api.wait_until_finished(small.json()["request_id"])
-        huge_done_then = done(huge_id)
-        huge_status = scale_out.api.wait_until_finished(huge_id, timeout=120)
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.03)
+    huge = scale_out.api.upload(products_csv(image_server.photo_urls(90, tag="huge-")))
+    huge_id = huge.json()["request_id"]
+    wait_until("the huge request to start", lambda: done(huge_id) > 0)
+    small = scale_out.api.upload(products_csv(image_server.photo_urls(3, tag="small-")))
+    small_status = scale_out.api.wait_until_finished(small.json()["request_id"])
+    huge_done_then = done(huge_id)
+    huge_status = scale_out.api.wait_until_finished(huge_id, timeout=120)
     assert small_status["status"] == "completed"
     # Its two batches came next, not after the huge request's 45.
     assert huge_done_then < 45, huge_done_then
@@ -194,7 +185,7 @@ def test_a_small_request_is_not_queued_behind_a_huge_one(
 def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(
     scale_out: ScaleOut,
     image_server: ImageServer,
-    webhook_receiver: WebhookReceiver,
+    receiver: Receiver,
     tmp_path: Path,
 ) -> None:
     for worker in scale_out.workers:
@@ -215,9 +206,14 @@ def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(
             worker.spawn()
         for worker in workers:
             worker.wait_ready()
-        response = scale_out.api.upload(products_csv(urls), webhook_url=webhook_receiver.url)
-        status = scale_out.api.wait_until_finished(response.json()["request_id"])
-        webhook_receiver.wait_for(1)
+        response = scale_out.api.upload(products_csv(urls), webhook_url=receiver.url)
+        request_id = response.json()["request_id"]
+        status = scale_out.api.wait_until_finished(request_id)
+        # Recorded as delivered: the attempt is counted before it is recorded.
+        wait_until(
+            "the webhook recorded as delivered",
+            lambda: scale_out.api.status(request_id)["webhook"]["state"] == "delivered",
+        )
         scraped = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
         api = scrape(f"{scale_out.api.base_url}/metrics")
     finally:
@@ -333,7 +329,7 @@ def test_a_worker_without_its_database_retries_a_bounded_number_of_times(
         response = scale_out.api.upload(products_csv(image_server.photo_urls(6, tag="no-db-")))
         request_id = response.json()["request_id"]
         # The ingest is tried three times in all (backoff up to 1, then 2 s), then given up.
-        wait_for("the retries to run out", lambda: "giving up after 2" in cut_off.log(), 30)
+        wait_until("the retries to run out", lambda: "giving up after 2" in cut_off.log())
         assert cut_off.log().count("imgcrunch.ingest: ") == 3
         assert cut_off.log().count("retrying in") == 2
     finally:
@@ -351,19 +347,26 @@ HOOK_SECRET = new_secret()
 
 @pytest.mark.parametrize(
     "extra_settings",
-    [{"webhook_retry_schedule": "0.5,0.5", "sweep_interval": "30", "webhook_secret": HOOK_SECRET}],
+    [
+        {
+            "webhook_retry_schedule": "0.5,0.5",
+            "sweep_interval": "3600",
+            "webhook_secret": HOOK_SECRET,
+        }
+    ],
     indirect=True,
 )
 def test_workers_retry_a_failed_webhook_before_the_next_sweep(
     scale_out: ScaleOut, image_server: ImageServer, receiver: Receiver
 ) -> None:
-    # The sweep is 30 s away: only the countdown task a failed attempt leaves can deliver soon.
+    # The next sweep is an hour away: only the countdown task a failed attempt leaves can
+    # deliver it again.
     receiver.script, receiver.secret = ["500", "204"], HOOK_SECRET
     urls = image_server.photo_urls(3, tag="celery-hook-")
     response = scale_out.api.upload(products_csv(urls), webhook_url=receiver.url)
     request_id = response.json()["request_id"]
     assert scale_out.api.wait_until_finished(request_id, timeout=60)["status"] == "completed"
-    receiver.wait_for(lambda: receiver.accepted, timeout=15)
-    assert [a["answer"] for a in receiver.attempts] == ["500", "204"]
-    assert all(a["verified"] for a in receiver.attempts)
-    assert len({a["id"] for a in receiver.attempts}) == 1
+    receiver.wait_for_deliveries(2)
+    assert [d.answer for d in receiver.deliveries] == ["500", "204"]
+    assert all(d.verified for d in receiver.deliveries)
+    assert len({d.id for d in receiver.deliveries}) == 1

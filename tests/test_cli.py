@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ImageServer, Service, ServiceFactory
+from tests.plugins.origin import ImageServer
+from tests.plugins.services import Service, ServiceFactory
 from tests.service_process import free_port
 
 pytestmark = pytest.mark.slow  # every test here runs the real command in a subprocess

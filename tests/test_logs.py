@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from imgcrunch import logs
-from tests.conftest import ImageServer, ServiceFactory
+from tests.plugins.origin import ImageServer
+from tests.plugins.services import ServiceFactory
 
 
 @pytest.fixture

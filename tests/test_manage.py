@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import csv
+import io
 
 import httpx
 
-from tests.conftest import ImageServer, Service, ServiceFactory
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.receivers import Receiver
+from tests.plugins.services import Service, ServiceFactory
 
 
 def finished(service: Service, image_server: ImageServer, tag: str, images: int = 2) -> str:
@@ -53,24 +56,14 @@ def test_requests_are_listed_newest_first_a_page_at_a_time(
 
 
 def test_status_shows_pace_and_savings_while_processing(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, image_server: ImageServer, origin_delay: OriginDelay
 ) -> None:
     service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
-    image_server.delay = 0.2
-    try:
-        urls = ",".join(image_server.photo_urls(8, tag="pace-"))
-        response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
-        request_id = response.json()["request_id"]
-        deadline = time.monotonic() + 30
-        with service.client() as client:
-            while True:
-                status = client.get(f"/status/{request_id}").json()
-                if status["progress"]["done"] >= 2:
-                    break
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.2)
+    urls = ",".join(image_server.photo_urls(8, tag="pace-"))
+    response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+    request_id = response.json()["request_id"]
+    status = service.wait_until_done(request_id, 2)
     assert status["status"] == "processing"
     assert status["images_per_second"] > 0
     assert status["eta_seconds"] > 0
@@ -99,18 +92,15 @@ def test_a_finished_request_is_deleted_with_its_files(
 
 
 def test_an_active_request_cannot_be_deleted(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, image_server: ImageServer, origin_delay: OriginDelay
 ) -> None:
     service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
-    image_server.delay = 0.3
-    try:
-        urls = ",".join(image_server.photo_urls(5, tag="busy-"))
-        response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
-        request_id = response.json()["request_id"]
-        with service.client() as client:
-            refused = client.delete(f"/requests/{request_id}")
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.3)
+    urls = ",".join(image_server.photo_urls(5, tag="busy-"))
+    response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{urls}"\n')
+    request_id = response.json()["request_id"]
+    with service.client() as client:
+        refused = client.delete(f"/requests/{request_id}")
     assert (refused.status_code, refused.json()["error"]["code"]) == (409, "still_active")
     assert service.wait_until_finished(request_id)["status"] == "completed"  # untouched
 
@@ -121,36 +111,28 @@ def fetched(image_server: ImageServer, urls: list[str]) -> int:
 
 
 def test_cancel_mid_request_processes_no_image_after_it(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory, image_server: ImageServer, origin_delay: OriginDelay
 ) -> None:
     service = make_service(FETCH_CONCURRENCY="1", BATCH_SIZE="1")
     urls = image_server.photo_urls(12, tag="cancel-")
-    image_server.delay = 0.2
-    try:
-        rows = "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1))
-        request_id = service.upload("S. No,Product Name,Input Image Urls\n" + rows).json()[
-            "request_id"
-        ]
-        with service.client() as client:
-            deadline = time.monotonic() + 30
-            while client.get(f"/status/{request_id}").json()["progress"]["done"] < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            cancelled = client.post(f"/requests/{request_id}/cancel")
-            asked_at_cancel = fetched(image_server, urls)
-            # A later request, done from start to finish: the cancelled one has waited longer,
-            # so any image of it still to be started would have been claimed before these.
-            later = image_server.photo_urls(2, tag="after-cancel-")
-            after = service.upload(
-                "S. No,Product Name,Input Image Urls\n" + f'1,Q,"{later[0]},{later[1]}"\n'
-            ).json()["request_id"]
-            assert service.wait_until_finished(after)["status"] == "completed"
-            asked_later = fetched(image_server, urls)
-            status = client.get(f"/status/{request_id}").json()
-            again = client.post(f"/requests/{request_id}/cancel")
-            output = client.get(f"/download/{request_id}")
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.2)
+    rows = "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, 1))
+    request_id = service.upload("S. No,Product Name,Input Image Urls\n" + rows).json()["request_id"]
+    service.wait_until_done(request_id, 2)
+    with service.client() as client:
+        cancelled = client.post(f"/requests/{request_id}/cancel")
+        asked_at_cancel = fetched(image_server, urls)
+        # A later request, done from start to finish: the cancelled one has waited longer,
+        # so any image of it still to be started would have been claimed before these.
+        later = image_server.photo_urls(2, tag="after-cancel-")
+        after = service.upload(
+            "S. No,Product Name,Input Image Urls\n" + f'1,Q,"{later[0]},{later[1]}"\n'
+        ).json()["request_id"]
+        assert service.wait_until_finished(after)["status"] == "completed"
+        asked_later = fetched(image_server, urls)
+        status = client.get(f"/status/{request_id}").json()
+        again = client.post(f"/requests/{request_id}/cancel")
+        output = client.get(f"/download/{request_id}")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     done = cancelled.json()["progress"]["done"]
@@ -165,19 +147,24 @@ def test_cancel_mid_request_processes_no_image_after_it(
     assert (output.status_code, output.json()["error"]["code"]) == (409, "no_output")
 
 
-def test_retry_after_a_failing_origin_recovers(
-    make_service: ServiceFactory, image_server: ImageServer
+def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
+    make_service: ServiceFactory, image_server: ImageServer, receiver: Receiver
 ) -> None:
     # Fails its first three answers: the service's own three tries (FETCH_RETRIES=2) all fail.
     service = make_service(FETCH_RETRY_BACKOFF="0")
+    receiver.secret = (service.data_dir / "webhook-secret").read_text().strip()
     flaky = image_server.url("/flaky?fail=3&status=503&key=retry-me")
     good = image_server.photo_urls(1, tag="retry-")[0]
-    response = service.upload(f'S. No,Product Name,Input Image Urls\n1,A,"{good},{flaky}"\n')
+    response = service.upload(
+        f'S. No,Product Name,Input Image Urls\n1,A,"{good},{flaky}"\n', webhook_url=receiver.url
+    )
     request_id = response.json()["request_id"]
     first = service.wait_until_finished(request_id)
     assert first["status"] == "completed_with_errors"
     assert [e["url"] for e in first["errors"]] == [flaky]
+    [first_event] = receiver.wait_for_deliveries(1)
     with service.client() as client:
+        first_csv = client.get(f"/download/{request_id}").text
         retried = client.post(f"/requests/{request_id}/retry")
         assert retried.status_code == 202
         assert retried.json()["status"] == "processing"
@@ -197,13 +184,33 @@ def test_retry_after_a_failing_origin_recovers(
             "kept_original": 0,
             "percent": 100.0,
         }
-        output = client.get(f"/download/{request_id}").text
+        second_csv = client.get(f"/download/{request_id}").text
         nothing = client.post(f"/requests/{request_id}/retry")
-    outputs = output.splitlines()[1].split('"')[3].split(",")
-    assert len(outputs) == 2
-    assert all(url.startswith(f"{service.base_url}/images/{request_id}/") for url in outputs)
     assert image_server.hits["/flaky?fail=3&status=503&key=retry-me"] == 4
     assert (nothing.status_code, nothing.json()["error"]["code"]) == (409, "nothing_to_retry")
+
+    # A new output CSV: the image that failed has its URL now, and no error.
+    [before], [after] = (
+        list(csv.DictReader(io.StringIO(text))) for text in (first_csv, second_csv)
+    )
+    assert before["Output Image Urls"].split(",")[1] == ""
+    assert "503" in before["Errors"]
+    outputs = after["Output Image Urls"].split(",")
+    assert outputs[0] == before["Output Image Urls"].split(",")[0]  # done once, kept
+    assert all(url.startswith(f"{service.base_url}/images/{request_id}/") for url in outputs)
+    assert after["Errors"] == ""
+
+    # A new event, with an id of its own, for the request's new final status.
+    _, second_event = receiver.wait_for_deliveries(2)
+    assert first_event.verified
+    assert second_event.verified
+    assert first_event.id != second_event.id
+    assert [d.event["data"]["status"] for d in (first_event, second_event)] == [
+        "completed_with_errors",
+        "completed",
+    ]
+    assert second_event.event["data"]["progress"]["done"] == 2
+    assert service.status(request_id)["webhook"]["event_id"] == second_event.id
 
 
 def test_a_requests_images_are_listed_in_input_order(

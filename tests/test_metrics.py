@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from tests.conftest import ImageServer, ServiceFactory, WebhookReceiver, scrape
+from tests.plugins.origin import ImageServer
+from tests.plugins.receivers import Receiver
+from tests.plugins.services import ServiceFactory, scrape
+from tests.waiting import wait_until
 
 
 def test_metrics_count_what_a_request_did(
-    make_service: ServiceFactory, image_server: ImageServer, webhook_receiver: WebhookReceiver
+    make_service: ServiceFactory, image_server: ImageServer, receiver: Receiver
 ) -> None:
     service = make_service()
     before = scrape(f"{service.base_url}/metrics")
@@ -14,11 +17,15 @@ def test_metrics_count_what_a_request_did(
     missing = image_server.url("/missing.jpg")
     response = service.upload(
         f'S. No,Product Name,Input Image Urls\n1,A,"{a},{b},{missing}"\n',
-        webhook_url=webhook_receiver.url,
+        webhook_url=receiver.url,
     )
     request_id = response.json()["request_id"]
     status = service.wait_until_finished(request_id)
-    webhook_receiver.wait_for(1)
+    # Recorded as delivered: the attempt is counted before it is recorded.
+    wait_until(
+        "the webhook recorded as delivered",
+        lambda: service.status(request_id)["webhook"]["state"] == "delivered",
+    )
     after = scrape(f"{service.base_url}/metrics")
 
     def moved(name: str, **labels: str) -> float:

@@ -14,8 +14,11 @@ import pytest
 
 from imgcrunch.signing import new_secret
 from tests import servers
-from tests.conftest import Bucket, ImageServer, Service, ServiceFactory
-from tests.scale_out import products_csv, running_scale_out, wait_for
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.services import Service, ServiceFactory
+from tests.plugins.stores import Bucket
+from tests.scale_out import products_csv, running_scale_out
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +111,7 @@ def test_the_store_stopped_mid_request_fails_no_image_and_the_request_completes(
     own_s3: servers.SeaweedS3,
     image_server: ImageServer,
     monkeypatch: pytest.MonkeyPatch,
+    origin_delay: OriginDelay,
 ) -> None:
     for key, value in own_s3.credentials.items():
         monkeypatch.setenv(key, value)
@@ -115,19 +119,16 @@ def test_the_store_stopped_mid_request_fails_no_image_and_the_request_completes(
         storage_url="s3://outage/p", s3_endpoint_url=own_s3.endpoint, fetch_concurrency="2"
     )
     urls = image_server.photo_urls(60, tag="s3-outage-")
-    image_server.delay = 0.2  # some 6 s of downloads: the store stops in the middle of them
-    try:
-        request_id = service.upload(products_csv(urls)).json()["request_id"]
-        wait_for("some images done", lambda: progress(service, request_id)["done"] >= 6)
-        own_s3.kill()
-        wait_for("the status to say why it waits", lambda: waiting(service, request_id))
-        ready = httpx.get(f"{service.base_url}/readyz", timeout=60)
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["storage"].startswith("unwritable: ")
-        time.sleep(1)  # the outage
-        own_s3.start()
-    finally:
-        image_server.delay = 0.0
+    origin_delay(0.2)  # some 6 s of downloads: the store stops in the middle of them
+    request_id = service.upload(products_csv(urls)).json()["request_id"]
+    wait_until("some images done", lambda: progress(service, request_id)["done"] >= 6)
+    own_s3.kill()
+    wait_until("the status to say why it waits", lambda: waiting(service, request_id))
+    ready = httpx.get(f"{service.base_url}/readyz", timeout=60)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["storage"].startswith("unwritable: ")
+    time.sleep(1)  # the outage
+    own_s3.start()
     status = service.wait_until_finished(request_id, timeout=180)
     assert status["status"] == "completed", status
     assert (status["progress"]["done"], status["progress"]["failed"]) == (60, 0)
@@ -156,6 +157,7 @@ def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
     redis_server: servers.Redis,
     image_server: ImageServer,
     tmp_path: Path,
+    origin_delay: OriginDelay,
 ) -> None:
     urls = image_server.photo_urls(120, tag="s3-scale-")
     with running_scale_out(
@@ -169,13 +171,10 @@ def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
         own_folders=True,
     ) as deployment:
         api = deployment.api
-        image_server.delay = 0.02
-        try:
-            request_id = api.upload(products_csv(urls)).json()["request_id"]
-            wait_for("a quarter done", lambda: progress(api, request_id)["done"] >= 30)
-            deployment.workers[0].kill_whole()
-        finally:
-            image_server.delay = 0.0
+        origin_delay(0.02)
+        request_id = api.upload(products_csv(urls)).json()["request_id"]
+        wait_until("a quarter done", lambda: progress(api, request_id)["done"] >= 30)
+        deployment.workers[0].kill_whole()
         status = api.wait_until_finished(request_id, timeout=180)
     assert status["status"] == "completed", status
     assert (status["progress"]["done"], status["progress"]["failed"]) == (120, 0)

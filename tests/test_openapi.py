@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Service, ServiceFactory
+from tests.plugins.services import Service, ServiceFactory
 
 CHECKS = [
     not_a_server_error,

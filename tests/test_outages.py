@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from tests import servers
-from tests.conftest import ImageServer, Service, ServiceFactory, scrape
-from tests.scale_out import ScaleOut, products_csv, running_scale_out, wait_for
-from tests.small_disk import SmallDisk, small_disk
+from tests.plugins.disks import SmallDisk, SmallDiskFactory
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.services import Service, ServiceFactory, scrape
+from tests.scale_out import ScaleOut, products_csv, running_scale_out
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +50,7 @@ def wait_for_done(service: Service, request_id: str, at_least: int) -> None:
         assert status["progress"]["failed"] == 0, status
         return bool(status["progress"]["done"] >= at_least)
 
-    wait_for(f"{at_least} images done", far_enough, timeout=120)
+    wait_until(f"{at_least} images done", far_enough, timeout=120)
 
 
 def assert_every_image_done_exactly_once(
@@ -76,27 +78,28 @@ def assert_every_image_done_exactly_once(
 
 
 def test_a_disk_that_fills_up_fails_no_image_and_the_request_resumes_once_freed(
-    make_service: ServiceFactory, image_server: ImageServer
+    make_service: ServiceFactory,
+    image_server: ImageServer,
+    origin_delay: OriginDelay,
+    small_disk: SmallDiskFactory,
 ) -> None:
     with small_disk("16m") as disk:
         service = make_service(storage_dir=str(disk.path), min_free_bytes=str(1 << 20))
         urls = image_server.photo_urls(90, tag="outage-disk-")
-        image_server.delay = 0.05  # long enough to fill the disk in the middle of it
-        try:
-            request_id = service.upload(products_csv(urls)).json()["request_id"]
-            wait_for_done(service, request_id, 9)
-            disk.fill()
-            waiting = wait_until_waiting(service, request_id, "storage full")
-            ready = httpx.get(f"{service.base_url}/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["storage"].startswith("full: ")
-            assert scrape(f"{service.base_url}/metrics")[("imgcrunch_storage_free_bytes", ())] < (
-                1 << 20
-            )
-            assert waiting["progress"]["failed"] == 0
-            disk.free()
-        finally:
-            image_server.delay = 0.0
+        origin_delay(0.05)  # long enough to fill the disk in the middle of it
+        request_id = service.upload(products_csv(urls)).json()["request_id"]
+        wait_for_done(service, request_id, 9)
+        disk.fill()
+        waiting = wait_until_waiting(service, request_id, "storage full")
+        ready = httpx.get(f"{service.base_url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["storage"].startswith("full: ")
+        assert scrape(f"{service.base_url}/metrics")[("imgcrunch_storage_free_bytes", ())] < (
+            1 << 20
+        )
+        assert waiting["progress"]["failed"] == 0
+        disk.free()
+        origin_delay(0)
         assert_every_image_done_exactly_once(service, request_id, urls)
         assert httpx.get(f"{service.base_url}/readyz").status_code == 200
         log = service.log_path.read_text()
@@ -105,14 +108,11 @@ def test_a_disk_that_fills_up_fails_no_image_and_the_request_resumes_once_freed(
 
 
 def wait_until_waiting(service: Service, request_id: str, reason: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+    def waiting() -> dict[str, Any] | None:
+        status = status_of(service, request_id)
+        return status if str(status.get("waiting") or "").startswith(reason) else None
 
-    def is_waiting() -> bool:
-        found.update(status_of(service, request_id))
-        return str(found.get("waiting") or "").startswith(reason)
-
-    wait_for(f"the status to say {reason!r}", is_waiting, timeout=60)
-    return found
+    return wait_until(f"the status to say {reason!r}", waiting)
 
 
 # --- the broker and the database ----------------------------------------------------------------
@@ -124,23 +124,22 @@ def test_a_broker_killed_and_restarted_empty_costs_a_sweep_not_the_request(
     private_redis: servers.PrivateRedis,
     image_server: ImageServer,
     tmp_path: Path,
+    origin_delay: OriginDelay,
 ) -> None:
     urls = image_server.photo_urls(201, tag="outage-redis-")
     with running_scale_out(
         make_service, tmp_path, database_url=postgres.new_database(), broker_url=private_redis.url
     ) as deployment:
-        image_server.delay = 0.02
-        try:
-            request_id = deployment.api.upload(products_csv(urls)).json()["request_id"]
-            wait_for_done(deployment.api, request_id, len(urls) // 4)
-            private_redis.kill()  # every queued message is gone with it
-            time.sleep(2)  # the outage
-            private_redis.start()
-            # Back, and empty, while the database knows of images still to do.
-            assert private_redis.client().llen("imgcrunch") == 0
-            assert status_of(deployment.api, request_id)["progress"]["done"] < len(urls)
-        finally:
-            image_server.delay = 0.0
+        origin_delay(0.02)
+        request_id = deployment.api.upload(products_csv(urls)).json()["request_id"]
+        wait_for_done(deployment.api, request_id, len(urls) // 4)
+        private_redis.kill()  # every queued message is gone with it
+        time.sleep(2)  # the outage
+        private_redis.start()
+        # Back, and empty, while the database knows of images still to do.
+        assert private_redis.client().llen("imgcrunch") == 0
+        assert status_of(deployment.api, request_id)["progress"]["done"] < len(urls)
+        origin_delay(0)
         assert_every_image_done_exactly_once(deployment.api, request_id, urls)
 
 
@@ -150,6 +149,7 @@ def test_a_database_restarted_mid_request_answers_503_meanwhile_and_loses_nothin
     redis_server: servers.Redis,
     image_server: ImageServer,
     tmp_path: Path,
+    origin_delay: OriginDelay,
 ) -> None:
     urls = image_server.photo_urls(201, tag="outage-postgres-")
     with running_scale_out(
@@ -160,22 +160,20 @@ def test_a_database_restarted_mid_request_answers_503_meanwhile_and_loses_nothin
         key_prefix=redis_server.new_prefix(),
     ) as deployment:
         api = deployment.api
-        image_server.delay = 0.02
-        try:
-            request_id = api.upload(products_csv(urls)).json()["request_id"]
-            wait_for_done(api, request_id, len(urls) // 4)
-            private_postgres.stop("fast")
-            away = httpx.get(f"{api.base_url}/status/{request_id}", timeout=30)
-            assert away.status_code == 503
-            assert away.json()["error"]["code"] == "database_unavailable"
-            assert away.headers["retry-after"] == "5"
-            ready = httpx.get(f"{api.base_url}/readyz", timeout=30)
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["database"].startswith("unreachable")
-            time.sleep(2)  # the outage
-            private_postgres.start()
-        finally:
-            image_server.delay = 0.0
+        origin_delay(0.02)
+        request_id = api.upload(products_csv(urls)).json()["request_id"]
+        wait_for_done(api, request_id, len(urls) // 4)
+        private_postgres.stop("fast")
+        away = httpx.get(f"{api.base_url}/status/{request_id}", timeout=30)
+        assert away.status_code == 503
+        assert away.json()["error"]["code"] == "database_unavailable"
+        assert away.headers["retry-after"] == "5"
+        ready = httpx.get(f"{api.base_url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"].startswith("unreachable")
+        time.sleep(2)  # the outage
+        private_postgres.start()
+        origin_delay(0)
         assert_every_image_done_exactly_once(api, request_id, urls)
 
 
@@ -188,6 +186,8 @@ def test_chaos_disk_full_a_worker_killed_and_the_broker_restarted_in_one_request
     private_redis: servers.PrivateRedis,
     image_server: ImageServer,
     tmp_path: Path,
+    origin_delay: OriginDelay,
+    small_disk: SmallDiskFactory,
 ) -> None:
     urls = image_server.photo_urls(240, tag="outage-chaos-")
     with (
@@ -201,18 +201,16 @@ def test_chaos_disk_full_a_worker_killed_and_the_broker_restarted_in_one_request
         ) as deployment,
     ):
         api = deployment.api
-        image_server.delay = 0.03
-        try:
-            request_id = api.upload(products_csv(urls)).json()["request_id"]
-            fill_and_free(disk, api, request_id, at=len(urls) // 6)
-            wait_for_done(api, request_id, len(urls) // 3)
-            kill_a_worker(deployment)
-            wait_for_done(api, request_id, len(urls) // 2)
-            private_redis.kill()
-            time.sleep(2)
-            private_redis.start()
-        finally:
-            image_server.delay = 0.0
+        origin_delay(0.03)
+        request_id = api.upload(products_csv(urls)).json()["request_id"]
+        fill_and_free(disk, api, request_id, at=len(urls) // 6)
+        wait_for_done(api, request_id, len(urls) // 3)
+        kill_a_worker(deployment)
+        wait_for_done(api, request_id, len(urls) // 2)
+        private_redis.kill()
+        time.sleep(2)
+        private_redis.start()
+        origin_delay(0)
         assert_every_image_done_exactly_once(api, request_id, urls)
 
 

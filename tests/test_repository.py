@@ -294,7 +294,14 @@ async def test_only_stale_claims_are_released_as_batches_to_run_again(
     assert again == []
     assert await claim(sessions, "new-worker") == dead
     assert await claim(sessions, "new-worker") == []
-    assert live
+    # The live claim was left to its holder, as it was.
+    async with sessions() as session:
+        holders = (
+            await session.execute(
+                select(Image.id, Image.claimed_by, Image.attempts).where(Image.id.in_(live))
+            )
+        ).all()
+    assert [tuple(row) for row in holders] == [(live[0], "live-worker", 1)]
 
 
 async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactory) -> None:
@@ -328,7 +335,12 @@ async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactor
             == []
         )  # a young one is more likely on its way than lost
         assert await repository.complete_unfinished_request_ids(session) == [recorded_not_finished]
-    assert still_working
+        # Ingested, an image still to do: unfinished, and neither lost nor ready to finish.
+        assert set(await repository.unfinished_request_ids(session)) == {
+            never_ingested,
+            recorded_not_finished,
+            still_working,
+        }
 
 
 async def test_a_due_event_is_leased_to_one_caller_until_the_lease_ends(

@@ -5,42 +5,32 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ImageServer, Service, ServiceFactory
+from tests.plugins.origin import ImageServer, OriginDelay
+from tests.plugins.services import Service, ServiceFactory
+from tests.waiting import wait_until
 
 IMAGES = 60
 
 
 @pytest.fixture
-def slow_origin(image_server: ImageServer) -> Iterator[ImageServer]:
-    image_server.delay = 0.1  # so a request of IMAGES photos lasts a few seconds
-    yield image_server
-    image_server.delay = 0.0
+def slow_origin(origin_delay: OriginDelay) -> ImageServer:
+    return origin_delay(0.1)  # so a request of IMAGES photos lasts a few seconds
 
 
-def upload_many(service: Service, server: ImageServer, tag: str) -> tuple[str, list[str]]:
-    urls = server.photo_urls(IMAGES, tag=tag)
+def upload_many(
+    service: Service, server: ImageServer, tag: str, *, held: bool = False
+) -> tuple[str, list[str]]:
+    urls = server.photo_urls(IMAGES, tag=tag, held=held)
     pairs = zip(urls[::2], urls[1::2], strict=True)
     rows = "".join(f'{n},Product {n},"{a},{b}"\n' for n, (a, b) in enumerate(pairs))
     response = service.upload("S. No,Product Name,Input Image Urls\n" + rows)
     assert response.status_code == 202, response.text
     return response.json()["request_id"], urls
-
-
-def wait_for_progress(service: Service, request_id: str, at_least: int) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done: int = httpx.get(f"{service.base_url}/status/{request_id}").json()["progress"]["done"]
-        if done >= at_least:
-            return done
-        time.sleep(0.02)
-    raise AssertionError(f"no progress on {request_id}")
 
 
 def assert_every_image_exactly_once(service: Service, request_id: str, urls: list[str]) -> None:
@@ -80,16 +70,17 @@ def test_sigkill_mid_request_then_restart_finishes_every_image_once(
     # Small batches: progress is recorded a batch at a time, and the kill must land mid-request.
     service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4")
     request_id, urls = upload_many(service, slow_origin, "kill")
-    done_before = wait_for_progress(service, request_id, at_least=5)
+    done_before = service.wait_until_done(request_id, 5)["progress"]["done"]
     workers = codec_workers(service)
     assert workers
     service.signal(signal.SIGKILL)
     service.wait()
     assert done_before < IMAGES
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers):  # orphans go by themselves
-        assert time.monotonic() < deadline, "the killed server's codec workers live on"
-        time.sleep(0.1)
+    # Orphaned, they notice and go by themselves.
+    wait_until(
+        "the killed server's codec workers to go",
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+    )
 
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)
@@ -113,7 +104,7 @@ def test_a_codec_worker_killed_mid_request_fails_no_image(
     # Killed as the OOM killer would kill it, or as libvips crashing on a hostile file would.
     service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4", CPU_WORKERS="2")
     request_id, urls = upload_many(service, slow_origin, "worker")
-    wait_for_progress(service, request_id, at_least=5)
+    service.wait_until_done(request_id, 5)
     workers = codec_workers(service)
     assert workers
     os.kill(workers[0], signal.SIGKILL)
@@ -122,26 +113,68 @@ def test_a_codec_worker_killed_mid_request_fails_no_image(
     assert "a codec worker process died" in service.log_path.read_text()
 
 
-@pytest.mark.parametrize("grace", ["10", "0"])
-def test_sigterm_stops_gracefully_and_the_next_start_resumes(
-    make_service: ServiceFactory, slow_origin: ImageServer, grace: str
+def image_states(service: Service, request_id: str) -> dict[str, str]:
+    """Each image's state, from the database: done, pending, or claimed (pending, in a batch
+    a worker holds)."""
+    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
+        rows = db.execute(
+            "SELECT source_url, CASE WHEN status = 'pending' AND claimed_by IS NOT NULL"
+            " THEN 'claimed' ELSE status END FROM images WHERE request_id = ?",
+            (request_id.replace("-", ""),),
+        ).fetchall()
+    return dict(rows)
+
+
+# Small batches, and downloads that wait at the origin as long as the test holds them.
+HELD = {"BATCH_SIZE": "4", "FETCH_CONCURRENCY": "4", "READ_TIMEOUT": "120", "FETCH_TIMEOUT": "120"}
+
+
+def held_in_flight(service: Service, origin: ImageServer, request_id: str) -> set[str]:
+    """Once FETCH_CONCURRENCY downloads wait at the origin: the images claimed then."""
+    wait_until("four downloads held at the origin", lambda: origin.held == 4)
+    states = image_states(service, request_id)
+    return {url for url, state in states.items() if state == "claimed"}
+
+
+def test_sigterm_lets_the_batches_in_flight_finish_within_the_grace(
+    make_service: ServiceFactory, held_origin: ImageServer
 ) -> None:
-    # Small batches, so that most of the request is still waiting when the signal comes.
-    service = make_service(SHUTDOWN_GRACE=grace, BATCH_SIZE="4", FETCH_CONCURRENCY="4")
-    request_id, urls = upload_many(service, slow_origin, f"term{grace}")
-    wait_for_progress(service, request_id, at_least=5)
+    # Two lanes of batches of four: eight images in flight, four of them at the origin.
+    service = make_service(SHUTDOWN_GRACE="60", **HELD)
+    request_id, urls = upload_many(service, held_origin, "term-grace", held=True)
+    in_flight = held_in_flight(service, held_origin, request_id)
+    assert len(in_flight) == 8
     service.signal(signal.SIGTERM)
-    assert service.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    wait_until("the shutdown to begin", lambda: "no new work is claimed" in service.log_tail())
+    held_origin.release.set()  # the origin answers only now, in the grace
+    assert service.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
     assert "Application shutdown complete" in service.log_path.read_text()
 
-    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
-        done, claimed = db.execute(
-            "SELECT sum(status = 'done'), sum(status = 'pending' AND claimed_by IS NOT NULL) "
-            "FROM images WHERE request_id = ?",
-            (request_id.replace("-", ""),),
-        ).fetchone()
-    assert claimed == 0  # in-flight work was finished or handed back, not left claimed
-    assert 0 < done < IMAGES
+    states = image_states(service, request_id)
+    # The images in flight were finished; no other was started.
+    assert {url for url, state in states.items() if state == "done"} == in_flight
+    assert set(states.values()) == {"done", "pending"}  # none left claimed
 
+    service.start()
+    assert_every_image_exactly_once(service, request_id, urls)
+
+
+@pytest.mark.parametrize("grace", ["0", "2"])
+def test_sigterm_hands_back_what_the_grace_cannot_wait_for(
+    make_service: ServiceFactory, held_origin: ImageServer, grace: str
+) -> None:
+    service = make_service(SHUTDOWN_GRACE=grace, **HELD)
+    request_id, urls = upload_many(service, held_origin, f"term-{grace}", held=True)
+    assert len(held_in_flight(service, held_origin, request_id)) == 8
+    service.signal(signal.SIGTERM)
+    # It goes while the origin still holds its downloads: it did not wait past the grace.
+    assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert not held_origin.release.is_set()
+    assert "shutdown: released 8 images for the next start" in service.log_path.read_text()
+
+    states = image_states(service, request_id)
+    assert set(states.values()) == {"pending"}  # nothing done, nothing left claimed
+
+    held_origin.release.set()
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)

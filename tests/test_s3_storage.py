@@ -9,7 +9,7 @@ import pytest
 
 from imgcrunch.s3_storage import S3Storage, parse_s3_url
 from imgcrunch.storage import IMMUTABLE, image_key, input_csv_key, open_storage, output_csv_key
-from tests.conftest import Bucket
+from tests.plugins.stores import Bucket
 
 
 def storage_in(bucket: Bucket, prefix: str | None = None) -> S3Storage:

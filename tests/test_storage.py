@@ -68,20 +68,78 @@ def test_a_folder_removed_behind_its_back_is_made_again(tmp_path: Path) -> None:
     assert storage.get("images/r1/b.jpg") == b"second"
 
 
-@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
-def test_a_batch_written_without_waiting_is_synced_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+def synced_paths(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Path], list[Path]]:
+    """What gets flushed from here on, through the real calls: the folders syncfs is called on,
+    and the files and folders fsync is."""
+    syncfs_on: list[Path] = []
+    fsync_on: list[Path] = []
+    real_syncfs, real_fsync = storage_module._SYNCFS, os.fsync
+
+    def opened(fd: int) -> Path:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def syncfs(fd: int) -> int:
+        syncfs_on.append(opened(fd))
+        assert real_syncfs is not None
+        return real_syncfs(fd)
+
+    def fsync(fd: int) -> None:
+        fsync_on.append(opened(fd))
+        real_fsync(fd)
+
+    if real_syncfs is not None:
+        monkeypatch.setattr(storage_module, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return syncfs_on, fsync_on
+
+
+BATCH_KEYS = [f"images/r1/{n}.jpg" for n in range(5)] + ["images/r2/0.jpg"]
+
+
+@pytest.mark.skipif(storage_module._SYNCFS is None, reason="Linux's syncfs is not here")
+def test_a_batch_written_without_waiting_is_synced_at_once_by_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not syncfs:  # as on a system without Linux's syncfs
-        monkeypatch.setattr(storage_module, "_SYNCFS", None)
     storage = LocalStorage(tmp_path)
-    keys = [f"images/r1/{n}.jpg" for n in range(5)] + ["images/r2/0.jpg"]
-    for n, key in enumerate(keys):
+    syncfs_on, fsync_on = synced_paths(monkeypatch)
+    for n, key in enumerate(BATCH_KEYS):
         storage.put(key, f"image {n}".encode(), durable=False)
-    storage.sync(keys)
-    storage.sync([])
-    assert [storage.get(key) for key in keys] == [f"image {n}".encode() for n in range(6)]
+    assert (syncfs_on, fsync_on) == ([], [])  # written without waiting for the disk
+    storage.sync(BATCH_KEYS)
+    storage.sync([])  # nothing to do: no flush
+    assert (syncfs_on, fsync_on) == ([tmp_path], [])  # the whole batch in one flush
+    assert [storage.get(key) for key in BATCH_KEYS] == [f"image {n}".encode() for n in range(6)]
     assert list((tmp_path / ".partial").iterdir()) == []
+
+
+def test_without_syncfs_a_batch_is_synced_file_by_file_and_folder_by_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_module, "_SYNCFS", None)  # as on a system without syncfs
+    storage = LocalStorage(tmp_path)
+    _, fsync_on = synced_paths(monkeypatch)
+    for n, key in enumerate(BATCH_KEYS):
+        storage.put(key, f"image {n}".encode(), durable=False)
+    assert fsync_on == []
+    storage.sync(BATCH_KEYS)
+    files = [tmp_path / key for key in BATCH_KEYS]
+    folders = {tmp_path / "images" / "r1", tmp_path / "images" / "r2"}
+    assert fsync_on[: len(files)] == files  # each file, then each folder that holds one
+    assert set(fsync_on[len(files) :]) == folders
+    assert len(fsync_on) == len(files) + len(folders)
+    assert [storage.get(key) for key in BATCH_KEYS] == [f"image {n}".encode() for n in range(6)]
+
+
+def test_a_durable_write_is_synced_before_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalStorage(tmp_path)
+    _, fsync_on = synced_paths(monkeypatch)
+    storage.put("csv/r1/output.csv", b"a,b\r\n")
+    # The temp file's bytes before the rename, then the folder that holds the new name.
+    assert len(fsync_on) == 2
+    assert fsync_on[0].parent == tmp_path / ".partial"
+    assert fsync_on[1] == tmp_path / "csv" / "r1"
 
 
 def test_syncing_a_key_never_written_is_an_error(

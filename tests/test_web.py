@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests import servers
-from tests.conftest import ImageServer, ServiceFactory
+from tests.plugins.origin import ImageServer
+from tests.plugins.services import ServiceFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root and offline: no sandbox, and none of Chromium's calls home.

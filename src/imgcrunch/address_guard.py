@@ -44,13 +44,17 @@ def guarded_session(
     guard: AddressGuard,
     timeout: aiohttp.ClientTimeout,
     headers: Mapping[str, str],
+    resolver: AbstractResolver | None = None,
 ) -> aiohttp.ClientSession:
     """A client session whose connections go only where the guard admits.
 
     Names are checked by the resolver; literal addresses, which aiohttp does not resolve, are
     checked by `check_destination` before each request. No cookies are kept between requests.
+    `resolver` looks names up (the system's resolver by default; a test's own, to script its
+    answers); the guard checks what it answers.
     """
-    resolver = None if guard.allow_private_networks else _GuardedResolver(guard)
+    if not guard.allow_private_networks:
+        resolver = _GuardedResolver(guard, resolver or aiohttp.ThreadedResolver())
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, resolver=resolver, ttl_dns_cache=10),
         timeout=timeout,
@@ -118,27 +122,27 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 class _GuardedResolver(AbstractResolver):
-    """The system resolver, refusing a name with an address the guard does not admit.
+    """A resolver's answers, refusing a name with an address the guard does not admit.
 
     aiohttp connects to the addresses returned here and never resolves the name again, so the
     answer that was checked is the one used: DNS rebinding cannot slip in between.
     """
 
-    def __init__(self, guard: AddressGuard) -> None:
+    def __init__(self, guard: AddressGuard, resolver: AbstractResolver) -> None:
         self._guard = guard
-        self._system = aiohttp.ThreadedResolver()
+        self._resolver = resolver
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._system.resolve(host, port, family)
+        results = await self._resolver.resolve(host, port, family)
         if not self._guard.admits(host, port):
             for result in results:
                 _refuse_non_public(host, ipaddress.ip_address(result["host"]))
         return results
 
     async def close(self) -> None:
-        await self._system.close()
+        await self._resolver.close()
 
 
 def _refuse_non_public(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:

@@ -148,6 +148,11 @@ class InlineDispatcher:
         """Take no new work, let in-flight batches finish within the grace, release the rest."""
         self._stopping = True
         self._work.set()  # idle lanes wake, and see they are to stop
+        if self._lanes:
+            log.info(
+                "shutdown: no new work is claimed; batches in flight have %g s to finish",
+                self._shutdown_grace,
+            )
         for task in (self._resumer, self._courier):
             if task is not None:
                 task.cancel()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from imgcrunch.address_guard import (
@@ -70,9 +71,13 @@ class _HostGate:
 
 
 class Fetcher:
-    """One shared client session (connection pooling); every call is independent and bounded."""
+    """One shared client session (connection pooling); every call is independent and bounded.
 
-    def __init__(self, limits: FetchLimits) -> None:
+    `resolver` looks up the origins' names (the system's resolver by default); the address
+    guard checks its answers.
+    """
+
+    def __init__(self, limits: FetchLimits, *, resolver: AbstractResolver | None = None) -> None:
         self.limits = limits
         self._gates: dict[tuple[str, str, int | None], _HostGate] = {}
         self._session = guarded_session(
@@ -81,6 +86,7 @@ class Fetcher:
                 total=None, sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
             ),
             headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"},
+            resolver=resolver,
         )
 
     async def aclose(self) -> None:

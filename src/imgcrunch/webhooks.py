@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from imgcrunch import metrics, repository
@@ -152,7 +153,8 @@ class Deliverer:
 
     Only a 2xx answer delivers. A redirect is not followed (it is the receiver's mistake, and
     would carry the signed body elsewhere); 410 Gone stops the retries; 429 and 503 are retried
-    when their Retry-After says.
+    when their Retry-After says. `resolver` looks up the receivers' names (the system's
+    resolver by default); the address guard checks its answers at every attempt.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class Deliverer:
         signing_secrets: Sequence[str],
         policy: DeliveryPolicy,
         guard: AddressGuard,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self._sessions = sessions
         self._secrets = tuple(signing_secrets)
@@ -172,6 +175,7 @@ class Deliverer:
             guard=guard,
             timeout=aiohttp.ClientTimeout(total=policy.timeout),
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+            resolver=resolver,
         )
 
     async def aclose(self) -> None:
