@@ -1,0 +1,99 @@
+"""`imgcrunch process`'s engine, in-process: a CSV processed on this machine into a folder, with
+no server. (tests/test_cli.py runs the command itself.)"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+import pyvips
+from rich.console import Console
+
+from imgcrunch.codec import Effort
+from imgcrunch.config import Settings
+from imgcrunch.exit_codes import OK, SOME_FAILED, UNUSABLE
+from imgcrunch.local_run import LocalRun, process, settings_for
+from tests.plugins.origin import ImageServer
+
+BASE = Settings(allow_private_networks=True, cpu_workers=2)
+
+
+def console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=200, color_system=None, force_terminal=False), out
+
+
+def products(tmp_path: Path, *rows: str) -> Path:
+    path = tmp_path / "products.csv"
+    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_everything_goes_to_the_output_folder_and_nothing_is_served(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    settings = settings_for(LocalRun(products(tmp_path), out), BASE)
+    assert settings.storage_url == f"file://{out.resolve()}"
+    assert settings.database_url == f"sqlite+aiosqlite:///{out.resolve() / 'imgcrunch.db'}"
+    assert settings.public_base_url == out.resolve().as_uri()
+    assert (settings.queue, settings.public_images_url) == ("inline", "")
+    assert settings.webhook_secret != BASE.webhook_secret  # a throwaway: no file is made
+    assert settings.allow_private_networks  # the rest is the environment's
+
+
+def test_a_csv_is_processed_into_the_folder_with_file_urls(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    a, b, c = image_server.photo_urls(3, tag="local-run-")
+    run = LocalRun(products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}"), tmp_path / "out", quality=40)
+    screen, shown = console()
+    assert process(run, BASE, screen) == OK
+    assert "3/3" in shown.getvalue()
+
+    written = tmp_path / "out" / "products.output.csv"
+    assert f"output CSV {written}" in " ".join(shown.getvalue().replace("│", " ").split())
+    rows = list(csv.DictReader(io.StringIO(written.read_text())))
+    outputs = [url for row in rows for url in row["Output Image Urls"].split(",")]
+    assert len(outputs) == 3
+    for url in outputs:
+        assert url.startswith((tmp_path / "out" / "images").resolve().as_uri() + "/")
+        image = pyvips.Image.new_from_file(url.removeprefix("file://"))
+        assert image.get("vips-loader") == "jpegload"
+    assert not (tmp_path / "out" / "webhook-secret").exists()
+
+
+def test_failed_images_exit_1_and_are_listed(tmp_path: Path, image_server: ImageServer) -> None:
+    good = image_server.photo_urls(1, tag="local-run-failed-")[0]
+    missing = image_server.url("/missing.jpg")
+    run = LocalRun(products(tmp_path, f'1,A,"{good},{missing}"'), tmp_path / "out")
+    screen, shown = console()
+    assert process(run, BASE, screen) == SOME_FAILED
+    assert missing in shown.getvalue()
+    assert "HTTP 404 Not Found" in shown.getvalue()
+
+
+@pytest.mark.parametrize("effort", [Effort.BALANCED, Effort.MAX])
+def test_quality_and_effort_are_the_run_s_own(
+    tmp_path: Path, image_server: ImageServer, effort: Effort
+) -> None:
+    url = image_server.photo_urls(1, tag=f"local-run-{effort}-")[0]
+    out = tmp_path / "out"
+    run = LocalRun(products(tmp_path, f"1,A,{url}"), out, quality=30, effort=effort)
+    assert process(run, BASE, console()[0]) == OK
+    with sqlite3.connect(out / "imgcrunch.db") as db:
+        recorded = db.execute("SELECT quality, effort, status FROM requests").fetchall()
+    assert recorded == [(30, effort.value, "completed")]
+
+
+def test_a_refused_csv_exits_2_naming_each_row_and_makes_nothing(tmp_path: Path) -> None:
+    csv_path = products(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
+    screen, shown = console()
+    assert process(LocalRun(csv_path, tmp_path / "out"), BASE, screen) == UNUSABLE
+    lines = shown.getvalue().splitlines()
+    assert any(
+        line.startswith("  row 2, Input Image Urls: 'ftp://example.com/a.jpg'") for line in lines
+    )
+    assert "  row 3, Product Name: the product name is empty" in lines
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,231 @@
+"""How the API presents a request: its figures (savings, pace, time left), its summary, its
+images and its webhook's state. A request's rows are built in memory; the webhook's history is
+read from a real SQLite database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgcrunch import repository
+from imgcrunch.api import presenting
+from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
+from imgcrunch.models import DeliveryStatus, Request, RequestStatus
+from imgcrunch.public_urls import PublicUrls
+
+URLS = PublicUrls("https://crunch.example.com", images="https://cdn.example.com")
+T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+REQUEST = uuid.UUID("5c0e5c0e-0000-4000-8000-000000000002")
+
+
+def request(**changes: Any) -> Request:
+    fields: dict[str, Any] = {
+        "id": REQUEST,
+        "status": RequestStatus.PROCESSING,
+        "webhook_url": None,
+        "quality": 50,
+        "effort": "balanced",
+        "total_images": 100,
+        "done_images": 30,
+        "failed_images": 10,
+        "kept_images": 5,
+        "bytes_in": 4_000_000,
+        "bytes_out": 1_000_000,
+        "input_key": "csv/input.csv",
+        "output_key": None,
+        "created_at": T0 - timedelta(seconds=30),
+        "started_at": T0 - timedelta(seconds=20),
+        "completed_at": None,
+    }
+    return Request(**(fields | changes))
+
+
+def test_the_pace_and_the_time_left_come_from_the_images_finished_since_work_began() -> None:
+    shown = presenting.figures(request(), now=T0)
+    # 40 finished (done or failed) in 20 s: 2 a second, so 60 left take 30 s.
+    assert shown == {
+        "bytes_in": 4_000_000,
+        "bytes_out": 1_000_000,
+        "savings_percent": 75.0,
+        "images_per_second": 2.0,
+        "eta_seconds": 30.0,
+    }
+
+
+def test_a_finished_request_has_a_pace_up_to_its_end_and_no_time_left() -> None:
+    finished = request(
+        status=RequestStatus.COMPLETED_WITH_ERRORS,
+        done_images=90,
+        completed_at=T0 - timedelta(seconds=10),
+    )
+    shown = presenting.figures(finished, now=T0 + timedelta(hours=1))
+    assert (shown["images_per_second"], shown["eta_seconds"]) == (10.0, None)
+
+
+def test_nothing_done_or_not_started_shows_no_figures_it_cannot_know() -> None:
+    queued = request(status=RequestStatus.QUEUED, done_images=0, failed_images=0, started_at=None)
+    shown = presenting.figures(queued, now=T0)
+    assert (shown["images_per_second"], shown["eta_seconds"]) == (None, None)
+    nothing_in = presenting.figures(request(bytes_in=0, bytes_out=0), now=T0)
+    assert nothing_in["savings_percent"] is None
+
+
+def test_a_summary_links_status_and_output_only_once_there_is_one() -> None:
+    working = presenting.summary(request(), URLS)
+    assert working.status_url == f"https://crunch.example.com/status/{REQUEST}"
+    assert working.output_csv_url is None
+    assert working.progress.model_dump() == {
+        "total": 100,
+        "done": 30,
+        "failed": 10,
+        "kept_original": 5,
+        "percent": 40.0,
+    }
+    done = presenting.summary(request(status="completed", output_key="csv/o.csv"), URLS)
+    assert done.output_csv_url == f"https://crunch.example.com/download/{REQUEST}"
+
+
+def image_row(**changes: Any) -> repository.ImageRow:
+    fields: dict[str, Any] = {
+        "row_number": "7",
+        "product_name": "Mug",
+        "source_url": "https://shop.example.com/mug.jpg",
+        "status": "done",
+        "output_key": f"images/{REQUEST}/{'cd' * 32}.jpg",
+        "bytes_in": 200_000,
+        "bytes_out": 60_000,
+        "width": 1600,
+        "height": 1200,
+        "kept_original": False,
+        "error_code": None,
+        "error_message": None,
+    }
+    return repository.ImageRow(**(fields | changes))
+
+
+def test_an_image_done_links_its_output_where_images_are_served() -> None:
+    shown = presenting.image_info(image_row(), URLS)
+    assert shown.output_url == f"https://cdn.example.com/images/{REQUEST}/{'cd' * 32}.jpg"
+    assert (shown.row, shown.product_name, shown.status) == ("7", "Mug", "done")
+    assert (shown.width, shown.height, shown.bytes_out) == (1600, 1200, 60_000)
+
+
+def test_a_failed_image_has_no_output_and_says_why() -> None:
+    failed = image_row(
+        status="failed", output_key=None, error_code="http_error", error_message="HTTP 404"
+    )
+    assert presenting.image_info(failed, URLS).output_url is None
+    error = presenting.image_error(failed)
+    assert (error.row, error.url, error.code, error.message) == (
+        "7",
+        "https://shop.example.com/mug.jpg",
+        "http_error",
+        "HTTP 404",
+    )
+    kept = presenting.kept_original(image_row(kept_original=True))
+    assert (kept.row, kept.product_name, kept.url) == ("7", "Mug", failed.source_url)
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[SessionFactory]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'presenting.db'}")
+    await upgrade(engine)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+async def finished_with_webhook(sessions: SessionFactory) -> Request:
+    new = repository.NewRequest(
+        id=uuid.uuid4(),
+        total_images=0,
+        extra_columns=(),
+        quality=50,
+        effort="balanced",
+        input_key="csv/input.csv",
+        webhook_url="https://hooks.example.com/imgcrunch",
+    )
+    async with sessions.begin() as session:
+        await repository.create_request(session, new)
+    async with sessions() as session:
+        found = await repository.get_request(session, new.id)
+    assert found is not None
+    return found
+
+
+async def finish(sessions: SessionFactory, found: Request) -> None:
+    event = repository.NewEvent(
+        event_id="msg_presenting", event_type="request.completed", url="u", payload="{}"
+    )
+    async with sessions.begin() as session:
+        await repository.finish_request(
+            session, found.id, status=RequestStatus.COMPLETED, output_key=None, now=T0, event=event
+        )
+
+
+async def attempt(
+    sessions: SessionFactory,
+    status: DeliveryStatus,
+    code: int | None,
+    error: str | None,
+    at: datetime,
+) -> None:
+    async with sessions.begin() as session:
+        [delivery] = await repository.lease_due_deliveries(
+            session, now=at + timedelta(days=1), lease_until=at + timedelta(days=1, seconds=70)
+        )
+        await repository.record_delivery_attempt(
+            session,
+            delivery.id,
+            status=status,
+            response_status=code,
+            error=error,
+            now=at,
+            next_attempt_at=at + timedelta(seconds=300),
+        )
+
+
+@pytest.mark.anyio
+async def test_a_webhook_waits_then_fails_with_its_history_then_is_delivered(
+    sessions: SessionFactory,
+) -> None:
+    found = await finished_with_webhook(sessions)
+    async with sessions() as session:
+        waiting = await presenting.webhook_state(session, found)
+    assert (waiting.state, waiting.event_id, waiting.attempts, waiting.history) == (
+        "waiting",
+        None,
+        0,
+        [],
+    )
+
+    await finish(sessions, found)
+    async with sessions() as session:
+        due = await presenting.webhook_state(session, found)
+    assert (due.state, due.event_id, due.attempts) == ("pending", "msg_presenting", 0)
+
+    await attempt(sessions, DeliveryStatus.PENDING, 503, "HTTP 503 Service Unavailable", T0)
+    async with sessions() as session:
+        failing = await presenting.webhook_state(session, found)
+    assert (failing.state, failing.attempts, failing.last_error) == (
+        "failing",
+        1,
+        "HTTP 503 Service Unavailable",
+    )
+    assert failing.next_attempt_at == T0 + timedelta(seconds=300)
+    assert [(h.attempt, h.response_status) for h in failing.history] == [(1, 503)]
+
+    later = T0 + timedelta(minutes=5)
+    await attempt(sessions, DeliveryStatus.DELIVERED, 204, None, later)
+    async with sessions() as session:
+        delivered = await presenting.webhook_state(session, found)
+    assert (delivered.state, delivered.attempts, delivered.response_status) == ("delivered", 2, 204)
+    assert delivered.next_attempt_at is None  # nothing more is to come
+    assert [(h.attempt, h.response_status, h.error) for h in delivered.history] == [
+        (1, 503, "HTTP 503 Service Unavailable"),
+        (2, 204, None),
+    ]
