@@ -120,13 +120,6 @@ class ScaleOut:
         return held
 
 
-def products_csv(urls: list[str]) -> str:
-    rows = "".join(
-        f'{n},Product {n},"{",".join(urls[3 * n : 3 * n + 3])}"\n' for n in range(len(urls) // 3)
-    )
-    return "S. No,Product Name,Input Image Urls\n" + rows
-
-
 @contextlib.contextmanager
 def running_scale_out(
     make_service: ServiceFactory,

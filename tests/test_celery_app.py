@@ -24,11 +24,11 @@ from tests import servers
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.receivers import Receiver
 from tests.plugins.services import Service, ServiceFactory, scrape
+from tests.products import products_csv
 from tests.scale_out import (
     CLAIM_TIMEOUT,
     ScaleOut,
     Worker,
-    products_csv,
     running_scale_out,
 )
 from tests.service_process import free_port

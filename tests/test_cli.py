@@ -16,6 +16,7 @@ import pytest
 
 from tests.plugins.origin import ImageServer
 from tests.plugins.services import Service, ServiceFactory
+from tests.products import write_products
 from tests.service_process import free_port
 
 pytestmark = pytest.mark.slow  # every test here runs the real command in a subprocess
@@ -43,15 +44,9 @@ def imgcrunch(
     )
 
 
-def products(tmp_path: Path, *rows: str) -> Path:
-    path = tmp_path / "products.csv"
-    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
-    return path
-
-
 def test_process_compresses_a_csv_with_no_server(tmp_path: Path, image_server: ImageServer) -> None:
     a, b, c = image_server.photo_urls(3, tag="cli-")
-    products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}")
+    write_products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}")
     done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for shown in ("3/3", "images/s", "ETA"):  # the progress bar
@@ -73,7 +68,7 @@ def test_process_compresses_a_csv_with_no_server(tmp_path: Path, image_server: I
 def test_process_takes_an_effort_and_refuses_an_unknown_one(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
-    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-effort-')[0]}")
+    write_products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-effort-')[0]}")
     sizes = {}
     for effort in ("balanced", "max"):
         done = imgcrunch("process", "products.csv", "-o", effort, "--effort", effort, cwd=tmp_path)
@@ -93,7 +88,7 @@ def test_process_exits_1_when_an_image_failed_and_says_why(
 ) -> None:
     good = image_server.photo_urls(1, tag="cli-fail-")[0]
     missing = image_server.url("/missing.jpg")
-    products(tmp_path, f'1,A,"{good},{missing}"')
+    write_products(tmp_path, f'1,A,"{good},{missing}"')
     done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "completed_with_errors" in done.stderr
@@ -102,7 +97,7 @@ def test_process_exits_1_when_an_image_failed_and_says_why(
 
 
 def test_process_exits_2_for_a_bad_csv_naming_rows(tmp_path: Path) -> None:
-    products(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
+    write_products(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
     done = imgcrunch("process", "products.csv", "-o", "out", cwd=tmp_path)
     assert done.returncode == 2
     assert "row 2, Input Image Urls: 'ftp://example.com/a.jpg' is not an absolute" in done.stderr
@@ -117,7 +112,7 @@ def test_submit_wait_status_and_download_against_a_server(
     service: Service = make_service(API_KEYS=key)
     server = ["--server", service.base_url, "--api-key", key]
     url = image_server.photo_urls(1, tag="cli-submit-")[0]
-    products(tmp_path, f"1,A,{url}")
+    write_products(tmp_path, f"1,A,{url}")
 
     submitted = imgcrunch(
         "submit", "products.csv", "--wait", "--effort", "max", "--quality", "60", *server,
@@ -155,7 +150,7 @@ def test_the_client_commands_load_neither_pyvips_nor_sqlalchemy(
     tmp_path: Path, service: Service, image_server: ImageServer
 ) -> None:
     # A CI step that only talks to a server starts at once and needs no image library.
-    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-light-')[0]}")
+    write_products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-light-')[0]}")
     server = ("--server", service.base_url)
     submitted = imgcrunch("submit", "products.csv", "--wait", *server, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
@@ -173,7 +168,7 @@ def test_the_client_commands_load_neither_pyvips_nor_sqlalchemy(
 def test_submit_without_waiting_and_without_a_server(
     tmp_path: Path, service: Service, image_server: ImageServer
 ) -> None:
-    products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-nowait-')[0]}")
+    write_products(tmp_path, f"1,A,{image_server.photo_urls(1, tag='cli-nowait-')[0]}")
     submitted = imgcrunch("submit", "products.csv", "--server", service.base_url, cwd=tmp_path)
     assert submitted.returncode == 0
     request_id = submitted.stdout.strip()

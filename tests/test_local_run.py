@@ -10,31 +10,21 @@ from pathlib import Path
 
 import pytest
 import pyvips
-from rich.console import Console
 
 from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.exit_codes import OK, SOME_FAILED, UNUSABLE
 from imgcrunch.local_run import LocalRun, process, settings_for
 from tests.plugins.origin import ImageServer
+from tests.products import write_products
+from tests.terminal import recording_console
 
 BASE = Settings(allow_private_networks=True, cpu_workers=2)
 
 
-def console() -> tuple[Console, io.StringIO]:
-    out = io.StringIO()
-    return Console(file=out, width=200, color_system=None, force_terminal=False), out
-
-
-def products(tmp_path: Path, *rows: str) -> Path:
-    path = tmp_path / "products.csv"
-    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
-    return path
-
-
 def test_everything_goes_to_the_output_folder_and_nothing_is_served(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    settings = settings_for(LocalRun(products(tmp_path), out), BASE)
+    settings = settings_for(LocalRun(write_products(tmp_path), out), BASE)
     assert settings.storage_url == f"file://{out.resolve()}"
     assert settings.database_url == f"sqlite+aiosqlite:///{out.resolve() / 'imgcrunch.db'}"
     assert settings.public_base_url == out.resolve().as_uri()
@@ -47,8 +37,10 @@ def test_a_csv_is_processed_into_the_folder_with_file_urls(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     a, b, c = image_server.photo_urls(3, tag="local-run-")
-    run = LocalRun(products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}"), tmp_path / "out", quality=40)
-    screen, shown = console()
+    run = LocalRun(
+        write_products(tmp_path, f'1,A,"{a},{b}"', f"2,B,{c}"), tmp_path / "out", quality=40
+    )
+    screen, shown = recording_console()
     assert process(run, BASE, screen) == OK
     assert "3/3" in shown.getvalue()
 
@@ -67,8 +59,8 @@ def test_a_csv_is_processed_into_the_folder_with_file_urls(
 def test_failed_images_exit_1_and_are_listed(tmp_path: Path, image_server: ImageServer) -> None:
     good = image_server.photo_urls(1, tag="local-run-failed-")[0]
     missing = image_server.url("/missing.jpg")
-    run = LocalRun(products(tmp_path, f'1,A,"{good},{missing}"'), tmp_path / "out")
-    screen, shown = console()
+    run = LocalRun(write_products(tmp_path, f'1,A,"{good},{missing}"'), tmp_path / "out")
+    screen, shown = recording_console()
     assert process(run, BASE, screen) == SOME_FAILED
     assert missing in shown.getvalue()
     assert "HTTP 404 Not Found" in shown.getvalue()
@@ -80,16 +72,18 @@ def test_quality_and_effort_are_the_run_s_own(
 ) -> None:
     url = image_server.photo_urls(1, tag=f"local-run-{effort}-")[0]
     out = tmp_path / "out"
-    run = LocalRun(products(tmp_path, f"1,A,{url}"), out, quality=30, effort=effort)
-    assert process(run, BASE, console()[0]) == OK
+    run = LocalRun(write_products(tmp_path, f"1,A,{url}"), out, quality=30, effort=effort)
+    assert process(run, BASE, recording_console()[0]) == OK
     with sqlite3.connect(out / "imgcrunch.db") as db:
         recorded = db.execute("SELECT quality, effort, status FROM requests").fetchall()
     assert recorded == [(30, effort.value, "completed")]
 
 
 def test_a_refused_csv_exits_2_naming_each_row_and_makes_nothing(tmp_path: Path) -> None:
-    csv_path = products(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
-    screen, shown = console()
+    csv_path = write_products(
+        tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg"
+    )
+    screen, shown = recording_console()
     assert process(LocalRun(csv_path, tmp_path / "out"), BASE, screen) == UNUSABLE
     lines = shown.getvalue().splitlines()
     assert any(

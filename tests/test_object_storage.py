@@ -17,7 +17,8 @@ from tests import servers
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.services import Service, ServiceFactory
 from tests.plugins.stores import Bucket
-from tests.scale_out import products_csv, running_scale_out
+from tests.products import products_csv
+from tests.scale_out import running_scale_out
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,8 @@ from tests import servers
 from tests.plugins.disks import SmallDisk, SmallDiskFactory
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.services import Service, ServiceFactory, scrape
-from tests.scale_out import ScaleOut, products_csv, running_scale_out
+from tests.products import products_csv
+from tests.scale_out import ScaleOut, running_scale_out
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow

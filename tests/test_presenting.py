@@ -5,18 +5,17 @@ read from a real SQLite database."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imgcrunch import repository
 from imgcrunch.api import presenting
-from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
+from imgcrunch.db import SessionFactory
 from imgcrunch.models import DeliveryStatus, Request, RequestStatus
 from imgcrunch.public_urls import PublicUrls
+from tests.records import add_request, finish_with_event
 
 URLS = PublicUrls("https://crunch.example.com", images="https://cdn.example.com")
 T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
@@ -131,40 +130,12 @@ def test_a_failed_image_has_no_output_and_says_why() -> None:
     assert (kept.row, kept.product_name, kept.url) == ("7", "Mug", failed.source_url)
 
 
-@pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[SessionFactory]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'presenting.db'}")
-    await upgrade(engine)
-    yield session_factory(engine)
-    await engine.dispose()
-
-
-async def finished_with_webhook(sessions: SessionFactory) -> Request:
-    new = repository.NewRequest(
-        id=uuid.uuid4(),
-        total_images=0,
-        extra_columns=(),
-        quality=50,
-        effort="balanced",
-        input_key="csv/input.csv",
-        webhook_url="https://hooks.example.com/imgcrunch",
-    )
-    async with sessions.begin() as session:
-        await repository.create_request(session, new)
+async def with_webhook(sessions: SessionFactory) -> Request:
+    request_id = await add_request(sessions, webhook_url="https://hooks.example.com/imgcrunch")
     async with sessions() as session:
-        found = await repository.get_request(session, new.id)
+        found = await repository.get_request(session, request_id)
     assert found is not None
     return found
-
-
-async def finish(sessions: SessionFactory, found: Request) -> None:
-    event = repository.NewEvent(
-        event_id="msg_presenting", event_type="request.completed", url="u", payload="{}"
-    )
-    async with sessions.begin() as session:
-        await repository.finish_request(
-            session, found.id, status=RequestStatus.COMPLETED, output_key=None, now=T0, event=event
-        )
 
 
 async def attempt(
@@ -191,9 +162,10 @@ async def attempt(
 
 @pytest.mark.anyio
 async def test_a_webhook_waits_then_fails_with_its_history_then_is_delivered(
-    sessions: SessionFactory,
+    sqlite_sessions: SessionFactory,
 ) -> None:
-    found = await finished_with_webhook(sessions)
+    sessions = sqlite_sessions
+    found = await with_webhook(sessions)
     async with sessions() as session:
         waiting = await presenting.webhook_state(session, found)
     assert (waiting.state, waiting.event_id, waiting.attempts, waiting.history) == (
@@ -203,7 +175,7 @@ async def test_a_webhook_waits_then_fails_with_its_history_then_is_delivered(
         [],
     )
 
-    await finish(sessions, found)
+    assert await finish_with_event(sessions, found.id, event_id="msg_presenting", now=T0)
     async with sessions() as session:
         due = await presenting.webhook_state(session, found)
     assert (due.state, due.event_id, due.attempts) == ("pending", "msg_presenting", 0)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from rich.console import Console
 
 from imgcrunch import progress
 from imgcrunch.progress import FailedImage, Snapshot
-
-
-def console() -> tuple[Console, io.StringIO]:
-    out = io.StringIO()
-    return Console(file=out, width=160, color_system=None, force_terminal=False), out
-
-
-def rows(out: io.StringIO) -> list[str]:
-    """The lines shown, without the tables' borders, their words one space apart."""
-    borders = str.maketrans("", "", "│┃┌┐└┘├┤┬┴┼─━┏┓┗┛┡┩╇")
-    return [" ".join(line.translate(borders).split()) for line in out.getvalue().splitlines()]
+from tests.terminal import recording_console, shown_rows
 
 
 def snapshot(**changes: object) -> Snapshot:
@@ -35,7 +22,7 @@ def snapshot(**changes: object) -> Snapshot:
 
 
 def test_the_bar_counts_finished_images_failed_ones_and_the_pace() -> None:
-    screen, out = console()
+    screen, out = recording_console()
     with progress.progress_bar(screen, "products.csv") as bar:
         bar.show(snapshot(status="processing", done=3, failed=1))
         bar.show(snapshot(status="processing", done=6, failed=1))
@@ -47,16 +34,16 @@ def test_the_bar_counts_finished_images_failed_ones_and_the_pace() -> None:
 
 
 def test_a_total_not_known_yet_shows_no_count_to_reach() -> None:
-    screen, out = console()
+    screen, out = recording_console()
     with progress.progress_bar(screen, "big.csv") as bar:
         bar.show(snapshot(status="queued", total=0, done=0, failed=0))
     assert "0/?" in out.getvalue()
 
 
 def test_the_summary_gives_the_counts_sizes_savings_pace_and_output() -> None:
-    screen, out = console()
+    screen, out = recording_console()
     progress.summary(screen, snapshot(), seconds=4.0, output="out/products.output.csv", failures=[])
-    lines = rows(out)
+    lines = shown_rows(out)
     for row in (
         "status completed",
         "images 10",
@@ -73,7 +60,7 @@ def test_the_summary_gives_the_counts_sizes_savings_pace_and_output() -> None:
 
 
 def test_nothing_to_divide_by_leaves_out_savings_and_pace() -> None:
-    screen, out = console()
+    screen, out = recording_console()
     empty = snapshot(status="failed", done=0, failed=0, bytes_in=0, bytes_out=0)
     progress.summary(screen, empty, seconds=0, output=None, failures=[])
     shown = out.getvalue()
@@ -83,7 +70,7 @@ def test_nothing_to_divide_by_leaves_out_savings_and_pace() -> None:
 
 
 def test_failed_images_are_listed_and_the_rest_counted() -> None:
-    screen, out = console()
+    screen, out = recording_console()
     failures = [
         FailedImage(
             row="3",
@@ -117,8 +104,8 @@ def test_failed_images_are_listed_and_the_rest_counted() -> None:
     ],
 )
 def test_sizes_are_shown_in_decimal_units(count: int, shown: str) -> None:
-    screen, out = console()
+    screen, out = recording_console()
     progress.summary(
         screen, snapshot(bytes_in=count, bytes_out=0), seconds=0, output=None, failures=[]
     )
-    assert f"bytes in {shown}" in rows(out)
+    assert f"bytes in {shown}" in shown_rows(out)

@@ -3,7 +3,6 @@ against a scripted HTTP server for the answers a real one gives only when things
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from imgcrunch.exit_codes import OK, SOME_FAILED, UNREACHABLE, UNUSABLE
 from tests.local_http import Handler, serve
 from tests.plugins.origin import ImageServer
 from tests.plugins.services import Service, ServiceFactory
+from tests.products import write_products
 from tests.service_process import free_port
+from tests.terminal import recording_console
 
 REQUEST_ID = "5c0e5c0e-0000-4000-8000-000000000003"
 
@@ -28,15 +29,25 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote, "POLL_SECONDS", 0.05)
 
 
-def console() -> tuple[Console, io.StringIO]:
-    out = io.StringIO()
-    return Console(file=out, width=200, color_system=None, force_terminal=False), out
-
-
-def products(tmp_path: Path, *rows: str) -> Path:
-    path = tmp_path / "products.csv"
-    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
-    return path
+def submit(
+    server: remote.Server,
+    csv_path: Path,
+    screen: Console,
+    *,
+    wait: bool = True,
+    webhook_url: str | None = None,
+    quality: int | None = None,
+    effort: str | None = None,
+) -> int:
+    return remote.submit(
+        server,
+        csv_path,
+        webhook_url=webhook_url,
+        quality=quality,
+        effort=effort,
+        wait=wait,
+        console=screen,
+    )
 
 
 # --- against a real service -----------------------------------------------------------------
@@ -49,15 +60,13 @@ def test_submit_and_wait_prints_the_id_shows_progress_and_exits_0(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     a, b = image_server.photo_urls(2, tag="remote-ok-")
-    screen, shown = console()
-    code = remote.submit(
+    screen, shown = recording_console()
+    code = submit(
         remote.Server(url=service.base_url + "/"),  # a trailing slash is fine
-        products(tmp_path, f'1,A,"{a},{b}"'),
-        webhook_url=None,
+        write_products(tmp_path, f'1,A,"{a},{b}"'),
+        screen,
         quality=60,
         effort="max",
-        wait=True,
-        console=screen,
     )
     assert code == OK
     request_id = capsys.readouterr().out.strip()
@@ -76,15 +85,11 @@ def test_some_images_failed_exits_1_listing_them_and_counting_the_rest(
     service = make_service(ERRORS_IN_STATUS="1")  # the status lists one failure of the two
     good = image_server.photo_urls(1, tag="remote-some-")[0]
     missing, broken = image_server.url("/missing.jpg"), image_server.url("/error.jpg")
-    screen, shown = console()
-    code = remote.submit(
+    screen, shown = recording_console()
+    code = submit(
         remote.Server(url=service.base_url),
-        products(tmp_path, f'1,A,"{good},{missing}"', f"2,B,{broken}"),
-        webhook_url=None,
-        quality=None,
-        effort=None,
-        wait=True,
-        console=screen,
+        write_products(tmp_path, f'1,A,"{good},{missing}"', f"2,B,{broken}"),
+        screen,
     )
     assert code == SOME_FAILED
     assert "completed_with_errors" in shown.getvalue()
@@ -105,7 +110,7 @@ def test_status_prints_the_status_and_download_writes_the_csv(
     ]
     service.wait_until_finished(request_id)
     server = remote.Server(url=service.base_url)
-    screen, _ = console()
+    screen, _ = recording_console()
 
     assert remote.status(server, request_id, screen) == OK
     assert json.loads(capsys.readouterr().out)["status"] == "completed"
@@ -176,15 +181,13 @@ def test_a_refused_file_exits_2_naming_each_row_and_column(
             }
         },
     )
-    screen, shown = console()
-    code = remote.submit(
+    screen, shown = recording_console()
+    code = submit(
         remote.Server(url=api.url, api_key="k" * 20),
-        products(tmp_path, "1,,https://example.com/a.jpg"),
+        write_products(tmp_path, "1,,https://example.com/a.jpg"),
+        screen,
         webhook_url="https://hooks.example.com/x",
         quality=101,
-        effort=None,
-        wait=True,
-        console=screen,
     )
     assert code == UNUSABLE
     assert capsys.readouterr().out == ""  # no request id: nothing was accepted
@@ -201,7 +204,7 @@ def test_an_answer_that_is_not_the_api_s_error_shape_is_shown_as_it_came(
     api: ScriptedApi,
 ) -> None:
     api.answer(f"/status/{REQUEST_ID}", 502, b"Bad Gateway from the proxy")
-    screen, shown = console()
+    screen, shown = recording_console()
     assert remote.status(remote.Server(url=api.url), REQUEST_ID, screen) == UNUSABLE
     assert "502 502: Bad Gateway from the proxy" in shown.getvalue()
 
@@ -222,15 +225,11 @@ def test_a_request_that_failed_exits_2_after_waiting(
             "output_csv_url": None,
         },
     )
-    screen, _ = console()
-    code = remote.submit(
+    screen, _ = recording_console()
+    code = submit(
         remote.Server(url=api.url),
-        products(tmp_path, "1,A,https://example.com/a.jpg"),
-        webhook_url=None,
-        quality=None,
-        effort=None,
-        wait=True,
-        console=screen,
+        write_products(tmp_path, "1,A,https://example.com/a.jpg"),
+        screen,
     )
     assert code == UNUSABLE
     assert capsys.readouterr().out.strip() == REQUEST_ID
@@ -245,7 +244,7 @@ def test_a_download_refused_writes_no_file(
         {"error": {"code": "not_ready", "message": "processing", "details": []}},
     )
     monkeypatch.chdir(tmp_path)
-    screen, shown = console()
+    screen, shown = recording_console()
     assert remote.download(remote.Server(url=api.url), REQUEST_ID, None, screen) == UNUSABLE
     assert "409 not_ready: processing" in shown.getvalue()
     assert list(tmp_path.iterdir()) == []
@@ -253,17 +252,14 @@ def test_a_download_refused_writes_no_file(
 
 def test_a_server_that_cannot_be_reached_exits_3(tmp_path: Path) -> None:
     nowhere = remote.Server(url=f"http://127.0.0.1:{free_port()}")
-    screen, shown = console()
+    screen, shown = recording_console()
     assert remote.status(nowhere, REQUEST_ID, screen) == UNREACHABLE
     assert remote.download(nowhere, REQUEST_ID, tmp_path / "x.csv", screen) == UNREACHABLE
-    code = remote.submit(
+    code = submit(
         nowhere,
-        products(tmp_path, "1,A,https://example.com/a.jpg"),
-        webhook_url=None,
-        quality=None,
-        effort=None,
+        write_products(tmp_path, "1,A,https://example.com/a.jpg"),
+        screen,
         wait=False,
-        console=screen,
     )
     assert code == UNREACHABLE
     assert shown.getvalue().count(f"cannot reach {nowhere.url}") == 3

@@ -14,7 +14,8 @@ from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, Request, RequestStatus, WebhookDelivery, utcnow
-from imgcrunch.repository import Claim, ImageResult, NewEvent, NewRequest
+from imgcrunch.repository import Claim, ImageResult, NewRequest
+from tests.records import finish_with_event
 
 pytestmark = pytest.mark.anyio
 
@@ -183,16 +184,7 @@ async def test_recording_a_result_twice_counts_it_once(sessions: SessionFactory)
 
 
 async def finish(sessions: SessionFactory, request_id: uuid.UUID, event_id: str) -> bool:
-    event = NewEvent(event_id=event_id, event_type="request.completed", url="http://h", payload="")
-    async with sessions.begin() as session:
-        return await repository.finish_request(
-            session,
-            request_id,
-            status=RequestStatus.COMPLETED,
-            output_key="o",
-            now=utcnow(),
-            event=event,
-        )
+    return await finish_with_event(sessions, request_id, event_id=event_id)
 
 
 async def test_finishing_happens_once_with_one_outbox_event(sessions: SessionFactory) -> None:

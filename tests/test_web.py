@@ -11,6 +11,7 @@ import pytest
 from tests import servers
 from tests.plugins.origin import ImageServer
 from tests.plugins.services import ServiceFactory
+from tests.products import write_products
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root and offline: no sandbox, and none of Chromium's calls home.
@@ -48,12 +49,6 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def write_csv(tmp_path: Path, *rows: str) -> Path:
-    path = tmp_path / "products.csv"
-    path.write_text("S. No,Product Name,Input Image Urls\n" + "".join(f"{r}\n" for r in rows))
-    return path
-
-
 def test_upload_watch_the_bar_download_and_see_a_thumbnail(
     page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
 ) -> None:
@@ -62,7 +57,7 @@ def test_upload_watch_the_bar_download_and_see_a_thumbnail(
     service = make_service()
     a, b = image_server.photo_urls(2, tag="web-")
     missing, kept = image_server.url("/missing.jpg"), image_server.url("/compressed.jpg")
-    csv_path = write_csv(tmp_path, f'1,Mug,"{a},{b}"', f"2,Bowl,{missing}", f"3,Cup,{kept}")
+    csv_path = write_products(tmp_path, f'1,Mug,"{a},{b}"', f"2,Bowl,{missing}", f"3,Cup,{kept}")
 
     page.goto(f"{service.base_url}/")
     page.get_by_label("Products CSV").set_input_files(str(csv_path))
@@ -104,7 +99,9 @@ def test_a_bad_file_is_explained_row_by_row(
     from playwright.sync_api import expect
 
     service = make_service()
-    csv_path = write_csv(tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg")
+    csv_path = write_products(
+        tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg"
+    )
     page.goto(f"{service.base_url}/")
     page.get_by_label("Products CSV").set_input_files(str(csv_path))
     page.get_by_role("button", name="Upload").click()

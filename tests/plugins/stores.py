@@ -1,15 +1,16 @@
 """PostgreSQL, Redis and an S3 server (tests/servers.py), each fresh per test: a new database,
-key prefix or bucket prefix."""
+key prefix or bucket prefix; and a migrated SQLite database for tests of the queries' users."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from tests import servers
 
 
@@ -34,6 +35,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     postgres: servers.Postgres = request.getfixturevalue("postgres")
     return postgres.new_database()
+
+
+@pytest.fixture
+async def sqlite_sessions(tmp_path: Path) -> AsyncIterator[SessionFactory]:
+    """Sessions on a fresh, migrated SQLite database of the test's own."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+    await upgrade(engine)
+    yield session_factory(engine)
+    await engine.dispose()
 
 
 @dataclass(frozen=True)
