@@ -55,7 +55,12 @@ class Worker:
                 raise RuntimeError(f"worker exited at start:\n{self.log()}")
             return " ready." in self.log()[self._log_start :]
 
-        wait_until(f"worker {self.name} to start", ready, timeout=timeout, interval=0.1)
+        try:
+            wait_until(f"worker {self.name} to start", ready, timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise RuntimeError(
+                f"worker did not start within {timeout:g} s:\n{self.log()}"
+            ) from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

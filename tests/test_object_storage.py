@@ -140,15 +140,14 @@ def test_the_store_stopped_mid_request_fails_no_image_and_the_request_completes(
 
 
 def progress(service: Service, request_id: str) -> dict[str, Any]:
-    status = httpx.get(f"{service.base_url}/status/{request_id}", timeout=60).json()
+    status = service.status(request_id)
     assert status["progress"]["failed"] == 0, status
     answer: dict[str, Any] = status["progress"]
     return answer
 
 
 def waiting(service: Service, request_id: str) -> bool:
-    status = httpx.get(f"{service.base_url}/status/{request_id}", timeout=60).json()
-    return str(status.get("waiting") or "").startswith("storage unavailable")
+    return str(service.status(request_id).get("waiting") or "").startswith("storage unavailable")
 
 
 def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(

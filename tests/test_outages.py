@@ -40,14 +40,9 @@ def private_postgres() -> Iterator[servers.PrivatePostgres]:
     postgres.remove()
 
 
-def status_of(service: Service, request_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{service.base_url}/status/{request_id}").json()
-    return answer
-
-
 def wait_for_done(service: Service, request_id: str, at_least: int) -> None:
     def far_enough() -> bool:
-        status = status_of(service, request_id)
+        status = service.status(request_id)
         assert status["progress"]["failed"] == 0, status
         return bool(status["progress"]["done"] >= at_least)
 
@@ -110,7 +105,7 @@ def test_a_disk_that_fills_up_fails_no_image_and_the_request_resumes_once_freed(
 
 def wait_until_waiting(service: Service, request_id: str, reason: str) -> dict[str, Any]:
     def waiting() -> dict[str, Any] | None:
-        status = status_of(service, request_id)
+        status = service.status(request_id)
         return status if str(status.get("waiting") or "").startswith(reason) else None
 
     return wait_until(f"the status to say {reason!r}", waiting)
@@ -139,7 +134,7 @@ def test_a_broker_killed_and_restarted_empty_costs_a_sweep_not_the_request(
         private_redis.start()
         # Back, and empty, while the database knows of images still to do.
         assert private_redis.client().llen("imgcrunch") == 0
-        assert status_of(deployment.api, request_id)["progress"]["done"] < len(urls)
+        assert deployment.api.status(request_id)["progress"]["done"] < len(urls)
         origin_delay(0)
         assert_every_image_done_exactly_once(deployment.api, request_id, urls)
 
