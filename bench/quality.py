@@ -36,6 +36,7 @@ import pyvips
 from PIL import Image
 
 from imgcrunch import codec
+from imgcrunch.imaging import jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the metric lives beside the tests that hold it to libjxl's
@@ -188,7 +189,7 @@ def offered_settings() -> dict[str, Callable[[bytes, int], bytes]]:
         "pillow": _pillow,
         "libvips standard": lambda data, q: _libvips(data, Q=q),
         "imgcrunch before": _imgcrunch_before,
-        **{f"imgcrunch {e}": calibrated_setting(codec.ENCODERS[e]) for e in codec.Effort},
+        **{f"imgcrunch {e}": calibrated_setting(jpeg.ENCODERS[e]) for e in codec.Effort},
     }
     if jpegli_available():
         settings["jpegli"] = _jpegli
@@ -211,7 +212,7 @@ SETTING_NOTES = {
 }
 
 
-def encoder_setting(encoder: codec.Encoder, **extra: Any) -> Callable[[bytes, int], bytes]:
+def encoder_setting(encoder: jpeg.JpegEncoder, **extra: Any) -> Callable[[bytes, int], bytes]:
     """An effort's encoder at its own Q (not through the calibration table)."""
 
     def encode(data: bytes, q: int) -> bytes:
@@ -221,7 +222,7 @@ def encoder_setting(encoder: codec.Encoder, **extra: Any) -> Callable[[bytes, in
     return encode
 
 
-def calibrated_setting(encoder: codec.Encoder) -> Callable[[bytes, int], bytes]:
+def calibrated_setting(encoder: jpeg.JpegEncoder) -> Callable[[bytes, int], bytes]:
     """An effort's encoder through its calibration, as the codec calls it, but without the
     codec's keeping of originals that would not shrink (their look is the input's)."""
 
@@ -555,7 +556,7 @@ def plot_curves(
 
 def calibration_settings() -> dict[str, Callable[[bytes, int], bytes]]:
     settings = {"standard": lambda data, q: _libvips(data, Q=q)}
-    for effort, encoder in codec.ENCODERS.items():
+    for effort, encoder in jpeg.ENCODERS.items():
         settings[str(effort)] = encoder_setting(encoder)
     return settings
 
@@ -563,12 +564,12 @@ def calibration_settings() -> dict[str, Callable[[bytes, int], bytes]]:
 def run_calibrate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """At each anchor quality, the Q whose mean score is nearest standard libjpeg's there: on
     colour photos for `calibration`, on the same in grey for `grey_calibration`."""
-    fitted: dict[str, Any] = {str(effort): {} for effort in codec.ENCODERS}
+    fitted: dict[str, Any] = {str(effort): {} for effort in jpeg.ENCODERS}
     with worker_pool(args.workers) as pool:
         for kind, photos in zip(("calibration", "grey_calibration"), fitting_sets(), strict=True):
             _say(f"calibrating on {photos.label} ({len(photos.names)} JPEGs)")
             standard = score_all(pool, photos, [("standard", q) for q in ANCHORS], "calibrate")
-            for effort in codec.ENCODERS:
+            for effort in jpeg.ENCODERS:
                 points = _fit(pool, photos, str(effort), standard)
                 fitted[str(effort)][kind] = points
                 _say(f"{effort}: {kind}={tuple(points)}")

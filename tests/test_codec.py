@@ -17,15 +17,15 @@ from PIL import Image
 
 from imgcrunch import jpegfile
 from imgcrunch.codec import (
-    ENCODERS,
     CodecError,
     CodecOptions,
     Compressed,
     Effort,
-    Encoder,
     compress,
     configure,
 )
+from imgcrunch.imaging.calibration import Calibration
+from imgcrunch.imaging.jpeg import ENCODERS, JpegEncoder
 from tests import ssimulacra2
 from tests.imaging import (
     GREY,
@@ -192,8 +192,8 @@ CALIBRATION_BAND = 2.5  # SSIMULACRA2 points on one photo; bench/quality.py chec
 
 
 def test_calibration_points_are_kept_and_interpolated_between() -> None:
-    encoder = Encoder(quant_table=5, optimize_coding=False, trellis=False,
-                      calibration=((1, 1), (50, 40), (90, 86), (100, 100)))  # fmt: skip
+    encoder = JpegEncoder(quant_table=5, optimize_coding=False, trellis=False,
+                          calibration=Calibration(((1, 1), (50, 40), (90, 86), (100, 100))))  # fmt: skip
     assert [encoder.q_for(q) for q in (1, 50, 90, 100)] == [1, 40, 86, 100]
     assert encoder.q_for(70) == 63  # halfway between 40 and 86
     assert [encoder.q_for(q) for q in range(1, 101)] == sorted(
@@ -203,10 +203,10 @@ def test_calibration_points_are_kept_and_interpolated_between() -> None:
 
 def test_every_effort_has_a_calibration_from_1_to_100() -> None:
     for encoder in ENCODERS.values():
-        qualities = [quality for quality, _ in encoder.calibration]
+        qualities = [quality for quality, _ in encoder.calibration.points]
         assert qualities == sorted(qualities)
         assert (qualities[0], qualities[-1]) == (1, 100)
-        assert all(1 <= q <= 100 for _, q in encoder.calibration)
+        assert all(1 <= q <= 100 for _, q in encoder.calibration.points)
 
 
 def test_same_input_gives_identical_bytes(photo: bytes) -> None:

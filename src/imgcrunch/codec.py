@@ -1,114 +1,36 @@
-"""Bytes in, compressed JPEG bytes out, with the image policy of DESIGN.md; no I/O.
+"""Bytes in, one compressed image per variant out, with the image policy of DESIGN.md; no I/O.
 
 Called by codec_pool's workers (processes, or threads), one image at a time each: libvips is
 thread-safe and releases the GIL while it works, so the only shared state here is the one-time
 process set-up in `configure`.
 
-`quality` means what it means to libjpeg users: the look of standard libjpeg quality N. Each
-effort level encodes with its own quantisation tables and options, at the Q that gives that
-look (its calibration table, fitted and checked with SSIMULACRA2 by bench/quality.py).
+The image is decoded once, at the smallest scale the largest variant allows (JPEG's
+shrink-on-load), and each variant is resized from that, turned upright, padded and encoded by
+its format's module in `imgcrunch.imaging`. `quality` means what it means to libjpeg users,
+in every format: the look of standard libjpeg quality N (each encoder's calibration).
 """
 
 from __future__ import annotations
 
-import bisect
 import ctypes
-import enum
 import logging
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyvips
 
 from imgcrunch import jpegfile
+from imgcrunch.imaging import formats, jpeg, sizing
+from imgcrunch.imaging.effort import Effort
+from imgcrunch.imaging.formats import Format
+from imgcrunch.imaging.variants import DEFAULT, Fit, Variant
+
+__all__ = ["CodecError", "CodecOptions", "Compressed", "Effort", "compress", "configure"]
 
 log = logging.getLogger(__name__)
 
-
-class Effort(enum.StrEnum):
-    BALANCED = "balanced"  # fewer bytes than standard libjpeg, for less CPU than it spends
-    MAX = "max"  # the fewest bytes at the same look, for about four times balanced's CPU
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Encoder:
-    """One way to call libvips' jpegsave (whose libjpeg is mozjpeg in pyvips-binary)."""
-
-    quant_table: int  # mozjpeg's table index: 0 is the standard's (Annex K)
-    optimize_coding: bool  # Huffman tables fitted to the image: a second pass over it
-    trellis: bool  # mozjpeg's rate-distortion search per block (implies optimize_coding)
-    # (quality, Q) points, quality ascending: the Q at which these tables look like standard
-    # libjpeg at that quality, for colour photos and for grey ones (whose bytes are all in the
-    # luminance table, so the chroma tables' savings do not come to them). Between points, Q
-    # is interpolated.
-    calibration: tuple[tuple[int, int], ...] = ((1, 1), (100, 100))
-    grey_calibration: tuple[tuple[int, int], ...] = ((1, 1), (100, 100))
-
-    def q_for(self, quality: int, *, grey: bool = False) -> int:
-        points = self.grey_calibration if grey else self.calibration
-        qualities = [point[0] for point in points]
-        upper = min(max(bisect.bisect_left(qualities, quality), 1), len(qualities) - 1)
-        (q0, v0), (q1, v1) = points[upper - 1], points[upper]
-        return max(1, min(100, round(v0 + (v1 - v0) * (quality - q0) / (q1 - q0))))
-
-    def save_options(self, quality: int, *, grey: bool = False) -> dict[str, Any]:
-        """jpegsave's arguments, those at libvips' defaults left out: each one passed costs
-        pyvips some 20 us, which a small image notices."""
-        options: dict[str, Any] = {"Q": self.q_for(quality, grey=grey), **_JPEG_POLICY}
-        if self.quant_table:
-            options["quant_table"] = self.quant_table
-        if self.optimize_coding or self.trellis:
-            options["optimize_coding"] = True
-        if self.trellis:
-            options["trellis_quant"] = True
-        return options
-
-
-# Whatever the effort: 4:2:0 at every quality, baseline (libvips' default), and no EXIF, ICC,
-# XMP or IPTC, the pixels being upright sRGB already.
-_JPEG_POLICY = {"subsample_mode": "on", "keep": "none"}
-
-
-# Chosen by `bench/quality.py --search` over every table and option libvips offers: table 5
-# (Klein, Silverstein and Carney 2005) gives the fewest bytes at the same look, with or without
-# trellis. Huffman optimisation would save balanced 9% more bytes for 50% more CPU; progressive
-# scans save max 1.5% for 50% more. Calibrated by `bench/quality.py --calibrate` (2026-12-01) on
-# the corpus's seven photos at their own size, in colour and in grey: each point is the Q whose
-# mean SSIMULACRA2 is nearest standard libjpeg's at that quality. The default run checks it on
-# photos it was not fitted to (tests/data/holdout, and the corpus enlarged to 1600x1200).
-ENCODERS: dict[Effort, Encoder] = {
-    Effort.BALANCED: Encoder(
-        quant_table=5,
-        optimize_coding=False,
-        trellis=False,
-        calibration=(
-            *((1, 1), (10, 7), (20, 16), (30, 26), (40, 35), (50, 45)),
-            *((60, 54), (70, 68), (80, 77), (90, 92), (95, 96), (100, 100)),
-        ),
-        grey_calibration=(
-            *((1, 1), (10, 8), (20, 18), (30, 29), (40, 40), (50, 52)),
-            *((60, 60), (70, 72), (80, 81), (90, 96), (95, 96), (100, 100)),
-        ),
-    ),
-    Effort.MAX: Encoder(
-        quant_table=5,
-        optimize_coding=True,
-        trellis=True,
-        calibration=(
-            *((1, 1), (10, 8), (20, 19), (30, 30), (40, 41), (50, 53)),
-            *((60, 61), (70, 73), (80, 82), (90, 94), (95, 96), (100, 100)),
-        ),
-        grey_calibration=(
-            *((1, 1), (10, 9), (20, 21), (30, 33), (40, 46), (50, 57)),
-            *((60, 67), (70, 76), (80, 84), (90, 96), (95, 97), (100, 100)),
-        ),
-    ),
-}
-# Standard libjpeg: what `quality` is measured against, and what runs where libjpeg is not
-# mozjpeg (a libvips of one's own, without pyvips-binary) and cannot take other tables.
-STANDARD = Encoder(quant_table=0, optimize_coding=True, trellis=False)
 
 # Loaders we trust with untrusted bytes. libvips names them by how they were called
 # (`new_from_buffer` picks the `*_buffer` variant). UltraHDR is a JPEG with a gain map, as
@@ -158,7 +80,6 @@ _TRIM_THRESHOLD = 64 * 1024 * 1024
 
 _configure_lock = threading.Lock()
 _configured = False
-_encoders = ENCODERS  # until configure finds a libjpeg without mozjpeg's tables
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +88,7 @@ class CodecOptions:
     effort: Effort = Effort.BALANCED
     max_pixels: int = 50_000_000
     background: tuple[int, int, int] = (255, 255, 255)
+    variants: tuple[Variant, ...] = DEFAULT
 
     def __post_init__(self) -> None:
         # A bad option is the caller's bug, not the image's: fail loudly, not as a CodecError.
@@ -178,6 +100,8 @@ class CodecOptions:
             raise ValueError(f"max_pixels must be positive, not {self.max_pixels}")
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
             raise ValueError(f"background must be three values 0..255, not {self.background}")
+        if not self.variants:
+            raise ValueError("at least one variant is made")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +111,12 @@ class Compressed:
     height: int
     # The input JPEG's own picture, without its metadata: re-encoding would not have been smaller.
     kept_original: bool = False
-    extension: str = "jpg"
+    extension: str = jpeg.EXTENSION
+
+
+class EncoderError(Exception):
+    """An encoder failed on pixels already decoded: a fault of ours, not the image's, so it
+    is tried again as any bug of ours is, not recorded as the image's failure."""
 
 
 class CodecError(Exception):
@@ -220,26 +149,8 @@ def configure(*, concurrency: int = 1) -> None:
         # We parallelise across images; libvips' threads within one image only add overhead.
         pyvips.concurrency_set(concurrency)
         _reuse_freed_memory()
-        _choose_encoders()
+        jpeg.configure()
         _configured = True
-
-
-def _choose_encoders() -> None:
-    """Without mozjpeg, libvips ignores `quant_table` and `trellis_quant`: the efforts' Q
-    would then give a worse look than promised, so every effort falls back to the standard."""
-    global _encoders
-    noise = pyvips.Image.gaussnoise(64, 64, mean=128, sigma=40).cast("uchar")
-    probe = noise.bandjoin([noise, noise]).copy(interpretation="srgb")
-    standard = probe.jpegsave_buffer(Q=50, quant_table=0, keep="none")
-    other = probe.jpegsave_buffer(Q=50, quant_table=5, keep="none")
-    if standard == other:
-        log.warning(
-            "this libvips' libjpeg is not mozjpeg: every effort uses the standard tables "
-            "(install pyvips-binary for smaller files)"
-        )
-        _encoders = dict.fromkeys(Effort, STANDARD)
-    else:
-        _encoders = ENCODERS
 
 
 def _reuse_freed_memory() -> None:
@@ -253,12 +164,18 @@ def _reuse_freed_memory() -> None:
 
 
 def compress(data: bytes, options: CodecOptions = CodecOptions()) -> Compressed:
-    """Apply the image policy to `data`; raises CodecError, and nothing else, for a bad image."""
+    """The first variant alone (by default, the one JPEG at the original size)."""
+    return make_variants(data, replace(options, variants=options.variants[:1]))[0]
+
+
+def make_variants(data: bytes, options: CodecOptions = CodecOptions()) -> tuple[Compressed, ...]:
+    """Apply the image policy to `data` and make each variant, in order. Raises CodecError for
+    a bad image (once, whatever the variants), EncoderError for a fault of ours."""
     if not _configured:
         configure()
     try:
-        return _compress(data, options)
-    except CodecError:
+        return _make(data, options)
+    except (CodecError, EncoderError):
         raise
     except pyvips.Error as error:
         # Pixels are decoded lazily, inside the save, so a damaged file surfaces here.
@@ -300,24 +217,122 @@ class _Header:
             srgb8=srgb8,
         )
 
+    @property
+    def swaps_axes(self) -> bool:
+        """Orientations 5 to 8 turn the picture a quarter: its upright width is its height."""
+        return self.orientation >= 5
 
-def _compress(data: bytes, options: CodecOptions) -> Compressed:
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        return (self.height, self.width) if self.swaps_axes else (self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A variant and the size of its picture, upright, before any padding."""
+
+    variant: Variant
+    width: int
+    height: int
+
+
+def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     _refuse_known_unsupported(data)
     image = _open_header(data)
     header = _Header.of(image)
     _check_loader(header.loader)
     _check_pixels(header, options.max_pixels)
+    plans = [_plan(header, variant) for variant in options.variants]
+    base = _flatten(_to_srgb8(_decode(data, image, header, plans), header), options.background)
+    if len(plans) > 1:
+        # Decoded once for all; a pixel error surfaces here, as the image's, not a variant's.
+        base = base.copy_memory()
+        return tuple(_encoded_guarded(data, base, header, plan, options) for plan in plans)
+    return (_encode(data, base, header, plans[0], options),)
+
+
+def _plan(header: _Header, variant: Variant) -> _Planned:
+    width, height = header.upright_size
+    fitted = sizing.fit_inside(width, height, (variant.width, variant.height))
+    side = formats.max_side(variant.format)
+    if max(fitted) > side:
+        raise CodecError(
+            "too_many_pixels",
+            f"image is {fitted[0]}x{fitted[1]}; {variant.format.value} images are at most "
+            f"{side} pixels a side (variant {variant.name})",
+        )
+    return _Planned(variant, *fitted)
+
+
+def _decode(data: bytes, image: Any, header: _Header, plans: list[_Planned]) -> Any:
+    """The picture at the smallest scale that still serves the largest variant: JPEG and WebP
+    scale while they decode, which skips most of the work for a thumbnail."""
+    width, height = header.width, header.height
+    largest = max(plans, key=lambda plan: plan.width * plan.height)
+    target = (largest.width, largest.height)
+    if header.swaps_axes:
+        target = target[::-1]
+    if header.loader == "jpegload_buffer":
+        shrink = sizing.jpeg_shrink(width, height, target)
+        if shrink > 1:
+            return _open(data, access="sequential", shrink=shrink)
+    elif header.loader == "webpload_buffer" and target != (width, height):
+        scale = max(target[0] / width, target[1] / height)
+        return _open(data, access="sequential", scale=scale)
+    return image
+
+
+def _encoded_guarded(
+    data: bytes, base: Any, header: _Header, plan: _Planned, options: CodecOptions
+) -> Compressed:
+    try:
+        return _encode(data, base, header, plan, options)
+    except pyvips.Error as error:
+        raise EncoderError(f"{plan.variant.name}: {_detail(error)}") from error
+
+
+def _encode(
+    data: bytes, base: Any, header: _Header, plan: _Planned, options: CodecOptions
+) -> Compressed:
+    variant = plan.variant
+    image = _resized(
+        base, (plan.height, plan.width) if header.swaps_axes else (plan.width, plan.height)
+    )
     if header.orientation != 1:
-        image = _upright(data)
-    image = _flatten(_to_srgb8(image, header), options.background)
-    save = _encoders[options.effort].save_options(options.quality, grey=header.bands < 3)
-    encoded = image.jpegsave_buffer(**save)
+        # Turned after the resize, on the small picture: reading columns needs it in memory.
+        image = image.copy_memory().autorot()
+    if variant.fit is Fit.PAD:
+        assert variant.width is not None
+        assert variant.height is not None
+        image = image.gravity(
+            "centre",
+            variant.width,
+            variant.height,
+            extend="background",
+            background=list(options.background),
+        )
+    quality = variant.quality or options.quality
+    encoder = formats.encoder(variant.format, variant.effort or options.effort)
+    encoded = encoder.save(image, quality, grey=header.bands < 3)
     width, height = image.width, image.height
-    if _meets_policy(header):
+    if _may_keep(header, variant, (width, height)):
         original = jpegfile.without_metadata(data, at_most=len(encoded))
         if original is not None:
             return Compressed(original, width, height, kept_original=True)
-    return Compressed(data=bytes(encoded), width=width, height=height)
+    return Compressed(encoded, width, height, extension=variant.extension)
+
+
+def _resized(image: Any, size: tuple[int, int]) -> Any:
+    if (image.width, image.height) == size:
+        return image
+    return image.resize(size[0] / image.width, vscale=size[1] / image.height)
+
+
+def _may_keep(header: _Header, variant: Variant, size: tuple[int, int]) -> bool:
+    """The input's own bytes may stand for a JPEG variant it already is: same size (nothing
+    resized or padded), and what the policy makes."""
+    same_size = size == (header.width, header.height)
+    return variant.format is Format.JPEG and same_size and _meets_policy(header)
 
 
 def _meets_policy(header: _Header) -> bool:
@@ -412,13 +427,6 @@ def _check_pixels(header: _Header, max_pixels: int) -> None:
             f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
             f"the limit is {max_pixels / 1e6:.1f}",
         )
-
-
-def _upright(data: bytes) -> Any:
-    """The image turned as its EXIF orientation says; the result carries no orientation tag."""
-    # A 90/270 rotation reads columns, which sequential access cannot do: reopen the (already
-    # vetted) bytes with random access.
-    return _open(data).autorot()
 
 
 def _to_srgb8(image: Any, header: _Header) -> Any:
