@@ -192,8 +192,10 @@ CALIBRATION_BAND = 2.5  # SSIMULACRA2 points on one photo; bench/quality.py chec
 
 
 def test_calibration_points_are_kept_and_interpolated_between() -> None:
-    encoder = JpegEncoder(quant_table=5, optimize_coding=False, trellis=False,
-                          calibration=Calibration(((1, 1), (50, 40), (90, 86), (100, 100))))  # fmt: skip
+    points = ((1, 1), (50, 40), (90, 86), (100, 100))
+    encoder = JpegEncoder(
+        quant_table=5, optimize_coding=False, trellis=False, calibration=Calibration(points)
+    )
     assert [encoder.q_for(q) for q in (1, 50, 90, 100)] == [1, 40, 86, 100]
     assert encoder.q_for(70) == 63  # halfway between 40 and 86
     assert [encoder.q_for(q) for q in range(1, 101)] == sorted(

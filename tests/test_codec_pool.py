@@ -12,8 +12,9 @@ import pytest
 
 from imgcrunch.codec import CodecError, CodecOptions
 from imgcrunch.codec_pool import ATTEMPTS, CodecCrashed, CodecPool, encode_and_store
+from imgcrunch.imaging.variants import parse as parse_variants
 from imgcrunch.storage import LocalStorage
-from tests.imaging import small_photo
+from tests.imaging import decode, small_photo
 
 pytestmark = pytest.mark.anyio
 
@@ -49,11 +50,39 @@ async def test_processes_run_the_codec_away_from_this_process(
     request_id = uuid.uuid4()
     encoded = await processes.run(encode_and_store, storage, request_id, photo, CodecOptions())
     assert await processes.run(pid) != os.getpid()
-    written = storage.get(encoded.key)
-    assert len(written) == encoded.size < len(photo)
-    assert encoded.key.startswith(f"images/{request_id}/")
-    assert (encoded.width, encoded.height) == (200, 150)
+    (output,) = encoded.outputs
+    written = storage.get(output.key)
+    assert len(written) == output.size < len(photo)
+    assert output.key.startswith(f"images/{request_id}/")
+    assert (output.width, output.height) == (200, 150)
+    assert output.data is None  # written there, not carried back
     assert encoded.seconds > 0
+
+
+async def test_every_variant_is_stored_under_its_own_format_and_key(
+    processes: CodecPool, tmp_path: Path
+) -> None:
+    photo = bytes(small_photo().jpegsave_buffer(Q=95))
+    variants = parse_variants("big=jpeg, small=100:webp, tile=64x64:pad:avif", max_pixels=10**8)
+    options = CodecOptions(variants=variants)
+    storage = LocalStorage(tmp_path)
+    encoded = await processes.run(encode_and_store, storage, uuid.uuid4(), photo, options)
+    sizes = [(output.width, output.height) for output in encoded.outputs]
+    assert sizes == [(200, 150), (100, 75), (64, 64)]
+    suffixes = [output.key.rsplit(".", 1)[1] for output in encoded.outputs]
+    assert suffixes == ["jpg", "webp", "avif"]
+    for output in encoded.outputs:
+        assert len(storage.get(output.key)) == output.size
+
+
+async def test_without_a_storage_the_bytes_come_back_to_be_written(processes: CodecPool) -> None:
+    photo = bytes(small_photo().jpegsave_buffer(Q=95))
+    options = CodecOptions(variants=parse_variants("a=jpeg, b=50:webp", max_pixels=10**8))
+    encoded = await processes.run(encode_and_store, None, uuid.uuid4(), photo, options)
+    for output in encoded.outputs:
+        assert output.data is not None
+        assert len(output.data) == output.size
+        assert decode(output.data).width == output.width
 
 
 async def test_an_image_refused_in_a_worker_process_keeps_its_reason(

@@ -13,6 +13,8 @@ import pytest
 from imgcrunch import repository
 from imgcrunch.api import presenting
 from imgcrunch.db import SessionFactory
+from imgcrunch.imaging.variants import parse as parse_variants
+from imgcrunch.imaging.variants import to_json
 from imgcrunch.models import DeliveryStatus, Request, RequestStatus
 from imgcrunch.public_urls import PublicUrls
 from tests.records import add_request, finish_with_event
@@ -66,6 +68,14 @@ def test_a_finished_request_has_a_pace_up_to_its_end_and_no_time_left() -> None:
     assert (shown["images_per_second"], shown["eta_seconds"]) == (10.0, None)
 
 
+def test_a_pace_too_slow_to_show_still_gives_the_time_left() -> None:
+    # 40 finished in 10 days: 0.00005 a second, shown as 0.0, and no division by it.
+    slow = request(started_at=T0 - timedelta(days=10))
+    shown = presenting.figures(slow, now=T0)
+    assert shown["images_per_second"] == 0.0
+    assert shown["eta_seconds"] == 15 * 24 * 3600  # 60 left at the same pace
+
+
 def test_nothing_done_or_not_started_shows_no_figures_it_cannot_know() -> None:
     queued = request(status=RequestStatus.QUEUED, done_images=0, failed_images=0, started_at=None)
     shown = presenting.figures(queued, now=T0)
@@ -75,7 +85,7 @@ def test_nothing_done_or_not_started_shows_no_figures_it_cannot_know() -> None:
 
 
 def test_a_summary_links_status_and_output_only_once_there_is_one() -> None:
-    working = presenting.summary(request(), URLS)
+    working = presenting.summary(request(), URLS, [])
     assert working.status_url == f"https://crunch.example.com/status/{REQUEST}"
     assert working.output_csv_url is None
     assert working.progress.model_dump() == {
@@ -85,7 +95,7 @@ def test_a_summary_links_status_and_output_only_once_there_is_one() -> None:
         "kept_original": 5,
         "percent": 40.0,
     }
-    done = presenting.summary(request(status="completed", output_key="csv/o.csv"), URLS)
+    done = presenting.summary(request(status="completed", output_key="csv/o.csv"), URLS, [])
     assert done.output_csv_url == f"https://crunch.example.com/download/{REQUEST}"
 
 
@@ -103,8 +113,52 @@ def image_row(**changes: Any) -> repository.ImageRow:
         "kept_original": False,
         "error_code": None,
         "error_message": None,
+        "variants": None,
     }
     return repository.ImageRow(**(fields | changes))
+
+
+def test_a_request_without_variants_shows_the_default_with_its_own_figures() -> None:
+    (default,) = presenting.variant_summaries(request(), [])
+    assert (default.name, default.format, default.fit) == ("output", "jpeg", "inside")
+    assert (default.width, default.height, default.quality, default.effort) == (
+        None,
+        None,
+        50,
+        "balanced",
+    )
+    assert default.column == "Output Image Urls"
+    assert (default.bytes_out, default.kept_original) == (1_000_000, 5)
+
+
+def test_each_variant_shows_its_column_settings_and_own_totals() -> None:
+    made = parse_variants("zoom=2000:jpeg, thumb=200x200:pad:webp:q70:max", max_pixels=10**8)
+    totals = [
+        repository.VariantTotals(position=0, bytes_out=900_000, kept_images=3),
+        repository.VariantTotals(position=1, bytes_out=40_000, kept_images=0),
+    ]
+    zoom, thumb = presenting.variant_summaries(request(variants=to_json(made)), totals)
+    assert (zoom.column, zoom.width, zoom.height, zoom.bytes_out) == (
+        "Output Image Urls",
+        2000,
+        2000,
+        900_000,
+    )
+    assert (thumb.column, thumb.spec) == ("Thumb Image Urls", "thumb=200x200:pad:webp:q70:max")
+    assert (thumb.quality, thumb.effort, thumb.bytes_out) == (70, "max", 40_000)
+
+
+def test_an_image_lists_every_variant_made_of_it_with_its_url() -> None:
+    thumb = {"key": f"images/{REQUEST}/{'ab' * 32}.webp", "bytes": 4_000, "width": 200,
+             "height": 200, "kept": False}  # fmt: skip
+    shown = presenting.image_info(image_row(variants=[thumb]), URLS, ["zoom", "thumb"])
+    assert [(v.name, v.width, v.height, v.bytes) for v in shown.variants] == [
+        ("zoom", 1600, 1200, 60_000),
+        ("thumb", 200, 200, 4_000),
+    ]
+    assert shown.variants[1].url == f"https://cdn.example.com/{thumb['key']}"
+    failed = image_row(status="failed", output_key=None, error_code="http_error")
+    assert presenting.image_info(failed, URLS, ["zoom", "thumb"]).variants == []
 
 
 def test_an_image_done_links_its_output_where_images_are_served() -> None:

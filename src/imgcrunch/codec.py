@@ -27,7 +27,16 @@ from imgcrunch.imaging.effort import Effort
 from imgcrunch.imaging.formats import Format
 from imgcrunch.imaging.variants import DEFAULT, Fit, Variant
 
-__all__ = ["CodecError", "CodecOptions", "Compressed", "Effort", "compress", "configure"]
+__all__ = [
+    "CodecError",
+    "CodecOptions",
+    "Compressed",
+    "Effort",
+    "EncoderError",
+    "compress",
+    "configure",
+    "make_variants",
+]
 
 log = logging.getLogger(__name__)
 

@@ -44,22 +44,30 @@ class CodecCrashed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Encoded:
-    """What came of one image: only its facts travel back from a worker process."""
+class Output:
+    """One variant of an image, stored (or to be): only its facts travel back from a worker
+    process, and its bytes where the worker did not store them."""
 
     key: str
     size: int
     width: int
     height: int
     kept_original: bool
-    seconds: float  # compressing, hashing and writing it
-    data: bytes | None = None  # the compressed bytes, where the worker did not store them
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """What came of one image: one output per variant, in the variants' order."""
+
+    outputs: tuple[Output, ...]
+    seconds: float  # compressing, hashing and writing them
 
 
 def encode_and_store(
     storage: Storage | None, request_id: uuid.UUID, data: bytes, options: codec.CodecOptions
 ) -> Encoded:
-    """Runs in the pool: compress, hash and (given a `storage`) store in one go.
+    """Runs in the pool: compress every variant, hash and (given a `storage`) store in one go.
 
     Writing from the same worker saves a hand-off and back per image, which costs more than
     the write itself (bench/README.md). The write does not wait for the disk (2 ms an image
@@ -67,19 +75,22 @@ def encode_and_store(
     storage (a bucket: a PUT waits on the network), the bytes come back to be written.
     """
     started = time.perf_counter()
-    compressed = codec.compress(data, options)
-    key = image_key(request_id, compressed.data, compressed.extension)
-    if storage is not None:
-        storage.put(key, compressed.data, durable=False)
-    return Encoded(
-        key=key,
-        size=len(compressed.data),
-        width=compressed.width,
-        height=compressed.height,
-        kept_original=compressed.kept_original,
-        seconds=time.perf_counter() - started,
-        data=None if storage is not None else compressed.data,
-    )
+    outputs = []
+    for compressed in codec.make_variants(data, options):
+        key = image_key(request_id, compressed.data, compressed.extension)
+        if storage is not None:
+            storage.put(key, compressed.data, durable=False)
+        outputs.append(
+            Output(
+                key=key,
+                size=len(compressed.data),
+                width=compressed.width,
+                height=compressed.height,
+                kept_original=compressed.kept_original,
+                data=None if storage is not None else compressed.data,
+            )
+        )
+    return Encoded(tuple(outputs), seconds=time.perf_counter() - started)
 
 
 class CodecPool:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # codec.Effort: balanced (fewer bytes than standard libjpeg for less CPU) or max (the fewest
     # bytes, for about four times balanced's CPU).
     jpeg_effort: Literal["balanced", "max"] = "balanced"
+    # What is made of each image unless a request says otherwise, in the syntax of the upload's
+    # `variants` field (`zoom=2000:jpeg, thumb=200x200:pad:webp`); empty: one JPEG at the
+    # original size.
+    variants: str = ""
     background: tuple[int, int, int] = (255, 255, 255)
     max_pixels: int = Field(default=50_000_000, ge=1)
 

@@ -106,6 +106,8 @@ class OutputRow:
     # Input URLs whose own bytes (without metadata) are the output: re-encoding would not shrink
     # them.
     kept_originals: Sequence[str] = ()
+    # Per variant after the first, its URLs as output_urls are: same length, None where failed.
+    variant_urls: Sequence[Sequence[str | None]] = ()
 
 
 OUTPUT_HEADER: tuple[str, ...] = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
@@ -493,39 +495,54 @@ def parse(data: bytes, limits: Limits) -> ParsedCsv:
     return ParsedCsv(extra_columns, tuple(rows))
 
 
-def write_output(extra_columns: Sequence[str], rows: Iterable[OutputRow]) -> bytes:
-    """The output CSV: UTF-8 without BOM, CRLF line ends (RFC 4180).
+def write_output(
+    extra_columns: Sequence[str],
+    rows: Iterable[OutputRow],
+    *,
+    variant_columns: Sequence[str] = (),
+) -> bytes:
+    """The output CSV: UTF-8 without BOM, CRLF line ends (RFC 4180). `variant_columns` name
+    the URL columns of the variants after the first, which follow `Output Image Urls`.
 
     Raises ValueError for a row whose lists do not match (a bug in the caller).
     """
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow([*OUTPUT_HEADER, *extra_columns, *_FIGURES_HEADER])
+    writer.writerow([*OUTPUT_HEADER, *variant_columns, *extra_columns, *_FIGURES_HEADER])
     for row in rows:
-        writer.writerow(_output_cells(row, len(extra_columns)))
+        writer.writerow(_output_cells(row, len(extra_columns), len(variant_columns)))
     return buffer.getvalue().encode("utf-8")
 
 
-def _output_cells(row: OutputRow, extra_width: int) -> list[str]:
-    if len(row.output_urls) != len(row.input_urls):
+def _output_cells(row: OutputRow, extra_width: int, variant_width: int) -> list[str]:
+    for urls in (row.output_urls, *row.variant_urls):
+        if len(urls) != len(row.input_urls):
+            raise ValueError(
+                f"row {row.serial!r}: {len(row.input_urls)} input URLs but {len(urls)} output URLs"
+            )
+    if len(row.variant_urls) != variant_width:
         raise ValueError(
-            f"row {row.serial!r}: {len(row.input_urls)} input URLs "
-            f"but {len(row.output_urls)} output URLs"
+            f"row {row.serial!r}: {len(row.variant_urls)} variants' URLs "
+            f"for {variant_width} variant columns"
         )
     if len(row.extra) != extra_width:
         raise ValueError(
             f"row {row.serial!r}: {len(row.extra)} extra values for {extra_width} extra columns"
         )
-    # A failed image keeps its place as an empty piece, so positions line up with the input's.
-    output_urls = ",".join("" if url is None else url for url in row.output_urls)
     return [
         row.serial,
         row.name,
         ",".join(row.input_urls),
-        output_urls,
+        _url_cell(row.output_urls),
+        *(_url_cell(urls) for urls in row.variant_urls),
         *row.extra,
         str(row.bytes_in),
         str(row.bytes_out),
         "; ".join(row.errors),
         ",".join(row.kept_originals),
     ]
+
+
+def _url_cell(urls: Sequence[str | None]) -> str:
+    # A failed image keeps its place as an empty piece, so positions line up with the input's.
+    return ",".join("" if url is None else url for url in urls)

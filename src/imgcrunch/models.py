@@ -84,6 +84,9 @@ class Request(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     quality: Mapped[int] = mapped_column(Integer)
     effort: Mapped[str] = mapped_column(String(16), server_default="balanced")  # codec.Effort
+    # What is made of each image, as imaging.variants.to_json gives it; None: the default, one
+    # JPEG at the original size.
+    variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     extra_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
     total_images: Mapped[int] = mapped_column(Integer)
     done_images: Mapped[int] = mapped_column(Integer, default=0)
@@ -161,7 +164,24 @@ class Image(Base):
     output_key: Mapped[str | None] = mapped_column(String(255))
     # Done by keeping the input's own bytes, without metadata: the output would not be smaller.
     kept_original: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The outputs of the request's variants after the first (whose output is in the columns
+    # above), in order: {"key", "bytes", "width", "height", "kept"}. None without variants.
+    variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class VariantTotal(Base):
+    """A variant's bytes and kept originals over a request's done images, the first variant's
+    included (which are also the request's own bytes_out and kept_images)."""
+
+    __tablename__ = "variant_totals"
+
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)  # in the request's variants
+    bytes_out: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    kept_images: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class WebhookDelivery(Base):

@@ -12,10 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
-from imgcrunch.codec_pool import CodecPool, encode_and_store
+from imgcrunch.codec_pool import CodecPool, Output, encode_and_store
 from imgcrunch.db import SessionFactory
 from imgcrunch.faults import (
     OUT_OF_MEMORY,
@@ -26,6 +26,7 @@ from imgcrunch.faults import (
 )
 from imgcrunch.fetcher import Fetcher
 from imgcrunch.http_errors import FetchError
+from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 from imgcrunch.public_urls import PublicUrls
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
@@ -50,6 +51,7 @@ async def accept(
     *,
     quality: int,
     effort: codec.Effort,
+    variants: tuple[variant_specs.Variant, ...] = variant_specs.DEFAULT,
     webhook_url: str | None = None,
     owner: str | None = None,
 ) -> uuid.UUID:
@@ -73,6 +75,7 @@ async def accept(
                 webhook_url=webhook_url,
                 input_key=key,
                 owner=owner,
+                variants=variant_specs.to_json(variants),
             ),
         )
     return request_id
@@ -323,6 +326,7 @@ class Pipeline:
                 effort=codec.Effort(batch.effort),
                 max_pixels=self.options.max_pixels,
                 background=self.options.background,
+                variants=variant_specs.from_json(batch.variants),
             )
             outcomes = await asyncio.gather(
                 *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
@@ -332,7 +336,7 @@ class Pipeline:
             _count(results)
             # The files were written without waiting for the disk; they are made durable here,
             # all at once, before the database says they exist.
-            written = [result.output_key for result in results if result.output_key]
+            written = [key for result in results for key in _output_keys(result)]
             try:
                 await asyncio.to_thread(self.storage.sync, written)
             except OSError as exc:
@@ -369,8 +373,9 @@ class Pipeline:
                 encode_and_store, self._worker_storage, request_id, data, options
             )
             metrics.CODEC_SECONDS.observe(encoded.seconds)
-            if encoded.data is not None:  # a bucket: written here, the codec worker free again
-                await asyncio.to_thread(self.storage.put, encoded.key, encoded.data)
+            for output in encoded.outputs:
+                if output.data is not None:  # a bucket: written here, the codec worker free
+                    await asyncio.to_thread(self.storage.put, output.key, output.data)
         except codec.CodecError as exc:
             return _failure(image, exc)
         except OSError as exc:  # writing it to our storage: ours, not the image's
@@ -381,14 +386,16 @@ class Pipeline:
             return _unexpected(request_id, image, exc)
         finally:
             self._in_flight.release()
+        first, *others = encoded.outputs
         return ImageResult(
             image_id=image.id,
-            output_key=encoded.key,
+            output_key=first.key,
             bytes_in=len(data),
-            bytes_out=encoded.size,
-            width=encoded.width,
-            height=encoded.height,
-            kept_original=encoded.kept_original,
+            bytes_out=first.size,
+            width=first.width,
+            height=first.height,
+            kept_original=first.kept_original,
+            variants=[_variant_output(output) for output in others] or None,
         )
 
     async def _download(self, url: str) -> bytes:
@@ -443,11 +450,16 @@ class Pipeline:
                 return False
             request = await repository.get_request(session, request_id)
             assert request is not None
+            later_variants = variant_specs.from_json(request.variants)[1:]
             rows = [
-                _output_row(product, self._urls.stored)
+                _output_row(product, self._urls.stored, variants=len(later_variants))
                 async for product in repository.product_outcomes(session, request_id)
             ]
-        output = csvio.write_output(request.extra_columns, rows)
+        output = csvio.write_output(
+            request.extra_columns,
+            rows,
+            variant_columns=[variant.column for variant in later_variants],
+        )
         key = output_csv_key(request_id)
         # Written before the status flips: whoever sees "completed" can download at once. Two
         # finishers write identical bytes atomically; only one wins the status update below.
@@ -486,6 +498,21 @@ def _count(results: Sequence[ImageResult]) -> None:
             metrics.IMAGES.labels("failed", result.error_code or "").inc()
 
 
+def _variant_output(output: Output) -> dict[str, Any]:
+    return {
+        "key": output.key,
+        "bytes": output.size,
+        "width": output.width,
+        "height": output.height,
+        "kept": output.kept_original,
+    }
+
+
+def _output_keys(result: ImageResult) -> list[str]:
+    first = [result.output_key] if result.output_key else []
+    return first + [output["key"] for output in result.variants or ()]
+
+
 def _cancelled(image: ClaimedImage) -> ImageResult:
     # Never recorded: the cancel moved the image out of `pending` already.
     return ImageResult(image_id=image.id, error_code="cancelled", error_message="cancelled")
@@ -520,8 +547,9 @@ def _unexpected(
 
 
 def _output_row(
-    product: repository.ProductOutcome, url_of: Callable[[str], str]
+    product: repository.ProductOutcome, url_of: Callable[[str], str], *, variants: int
 ) -> csvio.OutputRow:
+    """`variants`: how many variants the request makes after the first."""
     images = product.images
     return csvio.OutputRow(
         serial=product.row_number,
@@ -533,7 +561,18 @@ def _output_row(
         bytes_out=sum(image.bytes_out or 0 for image in images if image.output_key),
         errors=_errors(images),
         kept_originals=[image.source_url for image in images if image.kept_original],
+        variant_urls=_variant_urls(images, url_of, variants),
     )
+
+
+def _variant_urls(
+    images: Sequence[repository.ImageRow], url_of: Callable[[str], str], count: int
+) -> list[list[str | None]]:
+    """Per variant after the first, each image's URL (None where the image failed)."""
+    return [
+        [url_of(image.variants[n]["key"]) if image.variants else None for image in images]
+        for n in range(count)
+    ]
 
 
 def _errors(images: Sequence[repository.ImageRow]) -> list[str]:

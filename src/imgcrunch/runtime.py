@@ -17,6 +17,8 @@ from imgcrunch.codec_pool import CodecPool
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, create_engine, session_factory
 from imgcrunch.fetcher import Fetcher, FetchLimits
+from imgcrunch.imaging import Variant, VariantsError
+from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.pipeline import FinishedHook, Pipeline, PipelineOptions
 from imgcrunch.storage import Storage, open_storage
 from imgcrunch.webhooks import Deliverer, DeliveryPolicy, signing_secrets
@@ -48,6 +50,18 @@ def storage_for(settings: Settings) -> Storage:
         raise StorageUnusable(
             f"IMGCRUNCH_STORAGE_URL {settings.storage_url} cannot be written: {exc}"
         ) from exc
+
+
+class VariantsUnusable(ValueError):
+    """IMGCRUNCH_VARIANTS cannot be made: a setting to fix before the service starts."""
+
+
+def default_variants(settings: Settings) -> tuple[Variant, ...]:
+    """What a request makes when it names no variants (IMGCRUNCH_VARIANTS)."""
+    try:
+        return variant_specs.parse(settings.variants, max_pixels=settings.max_pixels)
+    except VariantsError as exc:
+        raise VariantsUnusable(f"IMGCRUNCH_VARIANTS={settings.variants!r}: {exc}") from None
 
 
 def worker_id() -> str:

@@ -5,6 +5,7 @@ a route documents. URLs come from `public_urls`; the routes only assemble.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,12 +16,16 @@ from imgcrunch.api.schemas import (
     ErrorBody,
     ImageError,
     ImageInfo,
+    ImageVariant,
     KeptOriginal,
     Progress,
     RequestSummary,
+    VariantSummary,
     WebhookAttemptInfo,
     WebhookState,
 )
+from imgcrunch.csvio import OUTPUT_HEADER
+from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request, utcnow
 from imgcrunch.public_urls import PublicUrls
 
@@ -47,9 +52,10 @@ def figures(request: Request, *, now: datetime) -> dict[str, Any]:
         end = request.completed_at or now
         elapsed = (end - request.started_at).total_seconds()
         if elapsed > 0:
-            rate = round(finished / elapsed, 2)
+            pace = finished / elapsed  # unrounded: a slow pace rounds to 0.0
+            rate = round(pace, 2)
             if request.status in ACTIVE_STATUSES:
-                eta = round((request.total_images - finished) / rate, 1)
+                eta = round((request.total_images - finished) / pace, 1)
     return {
         "bytes_in": request.bytes_in,
         "bytes_out": request.bytes_out,
@@ -63,10 +69,45 @@ def progress(request: Request) -> Progress:
     return Progress.model_validate(request.progress())
 
 
-def summary(request: Request, urls: PublicUrls) -> RequestSummary:
+def variant_summaries(
+    request: Request, totals: Sequence[repository.VariantTotals]
+) -> list[VariantSummary]:
+    """The request's variants with their figures; a request without variants makes one, the
+    default, whose figures are the request's own."""
+    made = variant_specs.from_json(request.variants)
+    by_position = {total.position: total for total in totals}
+    summaries = []
+    for position, variant in enumerate(made):
+        total = by_position.get(position)
+        if total is None:  # the default variant: the request's own figures
+            bytes_out, kept = request.bytes_out, request.kept_images
+        else:
+            bytes_out, kept = total.bytes_out, total.kept_images
+        summaries.append(
+            VariantSummary(
+                name=variant.name,
+                spec=variant.spec(),
+                width=variant.width,
+                height=variant.height,
+                fit=variant.fit,
+                format=variant.format,
+                quality=variant.quality or request.quality,
+                effort=variant.effort or request.effort,
+                column=OUTPUT_HEADER[3] if position == 0 else variant.column,
+                bytes_out=bytes_out,
+                kept_original=kept,
+            )
+        )
+    return summaries
+
+
+def summary(
+    request: Request, urls: PublicUrls, totals: Sequence[repository.VariantTotals]
+) -> RequestSummary:
     return RequestSummary(
         request_id=request.id,
         status=request.status,
+        variants=variant_summaries(request, totals),
         progress=progress(request),
         **figures(request, now=utcnow()),
         status_url=urls.status(request.id),
@@ -90,7 +131,10 @@ def kept_original(image: repository.ImageRow) -> KeptOriginal:
     return KeptOriginal(row=image.row_number, product_name=image.product_name, url=image.source_url)
 
 
-def image_info(image: repository.ImageRow, urls: PublicUrls) -> ImageInfo:
+def image_info(
+    image: repository.ImageRow, urls: PublicUrls, names: Sequence[str] = ("output",)
+) -> ImageInfo:
+    """`names`: the request's variants' names, in order."""
     return ImageInfo(
         row=image.row_number,
         product_name=image.product_name,
@@ -104,7 +148,33 @@ def image_info(image: repository.ImageRow, urls: PublicUrls) -> ImageInfo:
         kept_original=image.kept_original,
         error_code=image.error_code,
         error_message=image.error_message,
+        variants=_image_variants(image, urls, names),
     )
+
+
+def _image_variants(
+    image: repository.ImageRow, urls: PublicUrls, names: Sequence[str]
+) -> list[ImageVariant]:
+    if image.output_key is None:
+        return []
+    first = {
+        "key": image.output_key,
+        "bytes": image.bytes_out,
+        "width": image.width,
+        "height": image.height,
+        "kept": image.kept_original,
+    }
+    return [
+        ImageVariant(
+            name=name,
+            url=urls.stored(output["key"]),
+            width=output["width"],
+            height=output["height"],
+            bytes=output["bytes"],
+            kept_original=output["kept"],
+        )
+        for name, output in zip(names, [first, *(image.variants or ())], strict=False)
+    ]
 
 
 async def webhook_state(session: AsyncSession, request: Request) -> WebhookState:

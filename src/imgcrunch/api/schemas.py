@@ -40,6 +40,22 @@ class Progress(BaseModel):
     percent: float
 
 
+class VariantSummary(BaseModel):
+    """One of the outputs the request makes of each image, and what it has made so far."""
+
+    name: str
+    spec: str  # its text form, as the upload's `variants` field takes it
+    width: int | None  # the box: fit inside it, never enlarged; None: that side is free
+    height: int | None
+    fit: str  # inside | pad
+    format: str  # jpeg | webp | avif
+    quality: int  # the look of standard libjpeg at this quality, in whatever format
+    effort: str  # balanced | max
+    column: str  # its URLs' column in the output CSV
+    bytes_out: int  # over the images done
+    kept_original: int  # images whose own bytes stood for it (re-encoding would not shrink)
+
+
 class ImageError(BaseModel):
     row: str  # the product's S. No. as written in the input
     product_name: str
@@ -95,8 +111,9 @@ class Status(Figures):
     # Why its work is held up by a fault of ours, which it resumes from by itself once cleared
     # ("storage full: ...", "database unavailable: ..."); None while it goes on.
     waiting: str | None = None
-    quality: int  # JPEG quality: the look of standard libjpeg at this quality
+    quality: int  # the look of standard libjpeg at this quality, whatever the format
     effort: str  # balanced | max
+    variants: list[VariantSummary]  # in order; the first is the one in `bytes_out`
     progress: Progress
     output_csv_url: str | None
     errors: list[ImageError]
@@ -118,6 +135,7 @@ class Health(BaseModel):
 class RequestSummary(Figures):
     request_id: uuid.UUID
     status: str
+    variants: list[VariantSummary]
     progress: Progress
     status_url: str
     output_csv_url: str | None
@@ -128,6 +146,15 @@ class RequestSummary(Figures):
 class RequestList(BaseModel):
     requests: list[RequestSummary]  # newest first
     next_url: str | None  # the next page, if there may be one
+
+
+class ImageVariant(BaseModel):
+    name: str
+    url: str
+    width: int
+    height: int
+    bytes: int
+    kept_original: bool  # the input's own bytes, without metadata: re-encoding would not shrink
 
 
 class ImageInfo(BaseModel):
@@ -143,6 +170,7 @@ class ImageInfo(BaseModel):
     kept_original: bool  # the output is the input's own bytes: re-encoding would not shrink it
     error_code: str | None
     error_message: str | None
+    variants: list[ImageVariant]  # every variant made of it, the first included; [] until done
 
 
 class ImageList(BaseModel):

@@ -12,7 +12,13 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
 from imgcrunch.public_urls import PublicUrls
-from imgcrunch.runtime import address_guard, open_runtime, open_sessions, storage_for
+from imgcrunch.runtime import (
+    address_guard,
+    default_variants,
+    open_runtime,
+    open_sessions,
+    storage_for,
+)
 from imgcrunch.storage import Storage
 
 BrokerCheck = Callable[[], Awaitable[None]]
@@ -32,6 +38,7 @@ class Services:
 
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    default_variants(settings)  # a bad IMGCRUNCH_VARIANTS stops the start, naming its fault
     async with AsyncExitStack() as stack:
         sessions = await stack.enter_async_context(open_sessions(settings))
         storage = storage_for(settings)

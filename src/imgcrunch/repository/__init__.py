@@ -28,6 +28,7 @@ from imgcrunch.repository.outbox import (
 from imgcrunch.repository.requests import (
     ImageRow,
     ProductOutcome,
+    VariantTotals,
     cancel_request,
     count_active_requests,
     delete_request,
@@ -42,6 +43,7 @@ from imgcrunch.repository.requests import (
     retry_failed_images,
     unfinished_image_count,
     unfinished_request_ids,
+    variant_totals,
 )
 from imgcrunch.repository.work import (
     Batch,
@@ -73,6 +75,7 @@ __all__ = [
     "NewEvent",
     "NewRequest",
     "ProductOutcome",
+    "VariantTotals",
     "cancel_request",
     "claim_next_batch",
     "claimable_batch_count",
@@ -111,4 +114,5 @@ __all__ = [
     "unfinished_image_count",
     "unfinished_request_ids",
     "uningested_request_ids",
+    "variant_totals",
 ]

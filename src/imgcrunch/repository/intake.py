@@ -23,6 +23,7 @@ from imgcrunch.models import (
     Product,
     Request,
     RequestStatus,
+    VariantTotal,
 )
 from imgcrunch.repository._common import rowcount
 from imgcrunch.repository.outbox import NewEvent, finished_with_event
@@ -40,6 +41,7 @@ class NewRequest:
     input_key: str
     webhook_url: str | None = None
     owner: str | None = None  # the API key's owner that created it; None when keys are off
+    variants: list[dict[str, Any]] | None = None  # imgcrunch.imaging.variants.to_json's
 
 
 async def create_request(session: AsyncSession, new: NewRequest) -> None:
@@ -59,9 +61,16 @@ async def create_request(session: AsyncSession, new: NewRequest) -> None:
             bytes_out=0,
             input_key=new.input_key,
             owner=new.owner,
+            variants=new.variants,
         )
     )
     await session.flush()
+    if new.variants:
+        session.add_all(
+            VariantTotal(request_id=new.id, position=position, bytes_out=0, kept_images=0)
+            for position in range(len(new.variants))
+        )
+        await session.flush()
 
 
 async def is_ingested(session: AsyncSession, request_id: uuid.UUID) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +18,7 @@ from imgcrunch.models import (
     Product,
     Request,
     RequestStatus,
+    VariantTotal,
 )
 from imgcrunch.repository._common import rowcount
 
@@ -44,6 +46,8 @@ class ImageRow:
     kept_original: bool
     error_code: str | None
     error_message: str | None
+    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
+    variants: list[dict[str, Any]] | None
 
 
 _IMAGE_ROW = (
@@ -59,7 +63,38 @@ _IMAGE_ROW = (
     Image.kept_original,
     Image.error_code,
     Image.error_message,
+    Image.variants,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class VariantTotals:
+    position: int  # in the request's variants
+    bytes_out: int
+    kept_images: int
+
+
+async def variant_totals(
+    session: AsyncSession, request_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[VariantTotals]]:
+    """Each request's variants' bytes over its done images, in the variants' order; none for
+    a request without variants. One query for a page of requests."""
+    found: dict[uuid.UUID, list[VariantTotals]] = {request_id: [] for request_id in request_ids}
+    if not request_ids:
+        return found
+    result = await session.execute(
+        select(
+            VariantTotal.request_id,
+            VariantTotal.position,
+            VariantTotal.bytes_out,
+            VariantTotal.kept_images,
+        )
+        .where(VariantTotal.request_id.in_(request_ids))
+        .order_by(VariantTotal.request_id, VariantTotal.position)
+    )
+    for request_id, *figures in result:
+        found[request_id].append(VariantTotals(*figures))
+    return found
 
 
 async def failed_images(

@@ -32,6 +32,7 @@ from imgcrunch.models import (
     ImageStatus,
     Request,
     RequestStatus,
+    VariantTotal,
 )
 from imgcrunch.repository._common import rowcount
 from imgcrunch.repository.outbox import NewEvent, finished_with_event
@@ -43,6 +44,7 @@ from imgcrunch.repository.outbox import NewEvent, finished_with_event
 # the tables (Core), not the ORM classes, for the same reason.
 _images = cast(Table, Image.__table__)
 _requests = cast(Table, Request.__table__)
+_variant_totals = cast(Table, VariantTotal.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,11 @@ class Batch:
     request_id: uuid.UUID
     first_id: int
     last_id: int
-    # The request's JPEG quality and effort, fixed at upload, carried so no batch asks again.
+    # The request's quality, effort and variants, fixed at upload, carried so no batch asks
+    # again; variants as imaging.variants.to_json stored them (None: the default).
     quality: int
     effort: str
+    variants: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,7 @@ async def claim_next_batch(
         chosen = (await connection.execute(_LONGEST_WAITING)).first()
         if chosen is None:
             return None
-        request_id, quality, effort = chosen
+        request_id, quality, effort, variants = chosen
         ids = (
             (await connection.execute(_NEXT_UNCLAIMED, {"n_request": request_id, "n_size": size}))
             .scalars()
@@ -127,7 +131,7 @@ async def claim_next_batch(
         )
         if not ids:
             continue
-        batch = Batch(request_id, ids[0], ids[-1], quality, effort)
+        batch = Batch(request_id, ids[0], ids[-1], quality, effort, variants)
         images = await _claim_range(connection, batch, worker, now, stale_before)
         await connection.execute(_CLAIMED_FROM, {"l_request": request_id, "l_now": now})
         if images:
@@ -136,7 +140,7 @@ async def claim_next_batch(
 
 
 _LONGEST_WAITING = (
-    select(_requests.c.id, _requests.c.quality, _requests.c.effort)
+    select(_requests.c.id, _requests.c.quality, _requests.c.effort, _requests.c.variants)
     .where(
         _requests.c.status.in_(ACTIVE_STATUSES),
         _requests.c.ingested_at.is_not(None),
@@ -221,6 +225,8 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     kept_original: bool = False
+    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
+    variants: list[dict[str, Any]] | None = None
     error_code: str | None = None
     error_message: str | None = None
 
@@ -237,11 +243,12 @@ _COPIED_COLUMNS = (
     "width",
     "height",
     "kept_original",
+    "variants",
     "error_code",
     "error_message",
 )
 _RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
-_RECORD_CHUNK = 64  # images per statement: 10 parameters each, well inside every database's cap
+_RECORD_CHUNK = 64  # images per statement: 11 parameters each, well inside every database's cap
 
 
 @functools.cache
@@ -272,7 +279,11 @@ def _record_statement(count: int) -> Update:
             | {"claimed_by": None, "completed_at": bindparam("completed_at")}
         )
         .returning(
-            _images.c.status, _images.c.bytes_in, _images.c.bytes_out, _images.c.kept_original
+            _images.c.status,
+            _images.c.bytes_in,
+            _images.c.bytes_out,
+            _images.c.kept_original,
+            _images.c.variants,
         )
     )
 
@@ -294,6 +305,7 @@ async def record_results(
     """Record outcomes for images and their duplicates; recording twice changes nothing."""
     connection = await session.connection()
     done = failed = kept = bytes_in = bytes_out = 0
+    variant_totals: dict[int, list[int]] = {}  # position after the first: [bytes, kept]
     for start in range(0, len(results), _RECORD_CHUNK):
         chunk = results[start : start + _RECORD_CHUNK]
         changed = await connection.execute(
@@ -301,12 +313,16 @@ async def record_results(
         )
         # Counted from the rows the statement changed, not from the results: a row recorded
         # already (a redelivery, a second finisher) is not pending, so it moves no counter.
-        for status, row_bytes_in, row_bytes_out, kept_original in changed:
+        for status, row_bytes_in, row_bytes_out, kept_original, variants in changed:
             if status == ImageStatus.DONE:
                 done += 1
                 kept += bool(kept_original)
                 bytes_in += row_bytes_in or 0
                 bytes_out += row_bytes_out or 0
+                for position, output in enumerate(variants or (), start=1):
+                    totals = variant_totals.setdefault(position, [0, 0])
+                    totals[0] += output["bytes"]
+                    totals[1] += bool(output["kept"])
             else:
                 failed += 1
     if done or failed:
@@ -322,7 +338,28 @@ async def record_results(
                 "a_now": now,
             },
         )
+    if variant_totals:
+        variant_totals[0] = [bytes_out, kept]
+        await connection.execute(
+            _ADD_VARIANT_TOTALS,
+            [
+                {"v_request": request_id, "v_position": position, "v_bytes": b, "v_kept": k}
+                for position, (b, k) in sorted(variant_totals.items())
+            ],
+        )
 
+
+_ADD_VARIANT_TOTALS = (
+    update(_variant_totals)
+    .where(
+        _variant_totals.c.request_id == bindparam("v_request"),
+        _variant_totals.c.position == bindparam("v_position"),
+    )
+    .values(
+        bytes_out=_variant_totals.c.bytes_out + bindparam("v_bytes", type_=BigInteger),
+        kept_images=_variant_totals.c.kept_images + bindparam("v_kept", type_=Integer),
+    )
+)
 
 _ADD_COUNTS = (
     update(_requests)
@@ -462,9 +499,11 @@ async def release_stale_claims(
     if not ids_by_request:
         return []
     requests = await session.execute(
-        select(Request.id, Request.quality, Request.effort).where(Request.id.in_(ids_by_request))
+        select(Request.id, Request.quality, Request.effort, Request.variants).where(
+            Request.id.in_(ids_by_request)
+        )
     )
-    options = {request_id: (quality, effort) for request_id, quality, effort in requests}
+    options = {request_id: tuple(rest) for request_id, *rest in requests}
     batches = []
     for request_id, ids in ids_by_request.items():
         ids.sort()

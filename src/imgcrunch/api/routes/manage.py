@@ -13,7 +13,8 @@ from imgcrunch.api.deps import OwnedRequestDep, OwnerDep, ServicesDep, SessionDe
 from imgcrunch.api.errors import ApiError
 from imgcrunch.api.presenting import error_responses, image_info, summary
 from imgcrunch.api.schemas import ImageList, RequestList, RequestSummary
-from imgcrunch.models import ACTIVE_STATUSES, RequestStatus, utcnow
+from imgcrunch.imaging import variants as variant_specs
+from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
 
 router = APIRouter(tags=["requests"])
 
@@ -35,7 +36,9 @@ async def list_requests(
     found = await repository.list_requests(
         session, owner=owner, status=status, limit=limit + 1, offset=offset
     )
-    page = [summary(request, urls) for request in found[:limit]]
+    with_variants = [request.id for request in found[:limit] if request.variants]
+    totals = await repository.variant_totals(session, with_variants)
+    page = [summary(request, urls, totals.get(request.id, [])) for request in found[:limit]]
     next_url = None
     if len(found) > limit:
         query = f"limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
@@ -61,7 +64,8 @@ async def list_images(
     """Each image of the request, in the input's order: where it came from, what became of it
     (output URL, sizes) or why it failed."""
     found = await repository.request_images(session, request.id, limit=limit + 1, offset=offset)
-    images = [image_info(image, urls) for image in found[:limit]]
+    names = [variant.name for variant in variant_specs.from_json(request.variants)]
+    images = [image_info(image, urls, names) for image in found[:limit]]
     next_url = None
     if len(found) > limit:
         next_url = urls.page(f"/requests/{request.id}/images?limit={limit}&offset={offset + limit}")
@@ -81,7 +85,7 @@ async def cancel(
     if not cancelled:
         raise ApiError(409, "not_active", f"request {request.id} is {request.status} already")
     services.dispatcher.cancel(request.id)
-    return summary(request, urls)
+    return await _summary(session, request, urls)
 
 
 @router.post(
@@ -107,7 +111,12 @@ async def retry(
             "has failed images to retry",
         )
     services.dispatcher.submit(request.id)
-    return summary(request, urls)
+    return await _summary(session, request, urls)
+
+
+async def _summary(session: SessionDep, request: Request, urls: UrlsDep) -> RequestSummary:
+    totals = await repository.variant_totals(session, [request.id])
+    return summary(request, urls, totals[request.id])
 
 
 @router.delete(

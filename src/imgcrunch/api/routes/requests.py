@@ -17,6 +17,7 @@ from imgcrunch.api.presenting import (
     image_error,
     kept_original,
     progress,
+    variant_summaries,
     webhook_state,
 )
 from imgcrunch.api.schemas import Status
@@ -43,6 +44,7 @@ async def status(
         else []
     )
     webhook = await webhook_state(session, request) if request.webhook_url else None
+    totals = await repository.variant_totals(session, [request.id]) if request.variants else {}
     return Status(
         request_id=request.id,
         status=request.status,
@@ -50,6 +52,7 @@ async def status(
         waiting=request.waiting if request.status in ACTIVE_STATUSES else None,
         quality=request.quality,
         effort=request.effort,
+        variants=variant_summaries(request, totals.get(request.id, [])),
         progress=progress(request),
         **figures(request, now=utcnow()),
         output_csv_url=download_url(request, urls),

@@ -16,13 +16,16 @@ from imgcrunch.api.schemas import Accepted
 from imgcrunch.codec import Effort
 from imgcrunch.fetcher import is_http_url
 from imgcrunch.http_errors import FetchError
+from imgcrunch.imaging import Variant, VariantsError
+from imgcrunch.imaging import variants as variant_specs
+from imgcrunch.runtime import default_variants
 
 router = APIRouter(tags=["requests"])
 
 _CHUNK = 1024 * 1024
 _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
 _ERRORS = error_responses(401, 413, 422, 429)
-_FIELDS = ("file", "webhook_url", "quality", "effort")
+_FIELDS = ("file", "webhook_url", "quality", "effort", "variants")
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
@@ -52,8 +55,23 @@ async def upload(
             "fewest bytes, for about four times balanced's CPU (IMGCRUNCH_JPEG_EFFORT by default)"
         ),
     ] = None,
+    variants: Annotated[
+        str | None,
+        Form(
+            max_length=variant_specs.MAX_SPEC_LENGTH,
+            description="what to make of each image, e.g. `zoom=2000:jpeg, listing=800:avif, "
+            "thumb=200x200:pad:webp`: a name, `=`, then colon-separated parts in any order: a "
+            "box (`N`, `Wx`, `xH`, `WxH`; fit inside, never enlarged), a fit (`inside`, or "
+            "`pad` to exactly the box), a format (`jpeg`, `webp`, `avif`), a quality `qN` and "
+            "an effort. Or a JSON list of objects (name, width, height, fit, format, quality, "
+            f"effort). At most {variant_specs.MAX_VARIANTS}; the first fills `Output Image "
+            "Urls`, each other its own `<Name> Image Urls` column (IMGCRUNCH_VARIANTS by "
+            "default: one JPEG at the original size)",
+        ),
+    ] = None,
 ) -> Accepted:
     await _refuse_unknown_fields(request)
+    made = _checked_variants(variants, settings)
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
@@ -70,6 +88,7 @@ async def upload(
         parsed,
         quality=quality or settings.jpeg_quality,
         effort=effort or Effort(settings.jpeg_effort),
+        variants=made,
         webhook_url=webhook,
         owner=owner,
     )
@@ -123,6 +142,21 @@ def _full(reason: str) -> ApiError:
         f"{reason}; try again in {_FULL_RETRY_AFTER} s",
         headers={"Retry-After": str(_FULL_RETRY_AFTER)},
     )
+
+
+def _checked_variants(spec: str | None, settings: SettingsDep) -> tuple[Variant, ...]:
+    """The request's variants, or 422 naming the part that is wrong."""
+    if spec is None or not spec.strip():
+        return default_variants(settings)  # checked when the service started
+    try:
+        return variant_specs.parse(spec, max_pixels=settings.max_pixels)
+    except VariantsError as exc:
+        raise ApiError(
+            422,
+            "invalid_variants",
+            f"variants cannot be made: {exc}",
+            [{"field": "variants", "reason": str(exc)}],
+        ) from None
 
 
 def _checked_webhook_url(url: str | None, guard: AddressGuard, max_length: int) -> str | None:
