@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +24,11 @@ from imgcrunch.codec import (
     Effort,
     compress,
     configure,
+    make_variants,
 )
 from imgcrunch.imaging.calibration import Calibration
 from imgcrunch.imaging.jpeg import ENCODERS, JpegEncoder
+from imgcrunch.imaging.variants import parse as parse_variants
 from tests import ssimulacra2
 from tests.imaging import (
     GREY,
@@ -94,8 +97,10 @@ def quantisation_tables(jpeg: bytes) -> dict[int, list[int]]:
     return tables
 
 
-def close_to(actual: list[float], expected: tuple[int, ...] | list[float]) -> bool:
-    return all(abs(a - e) <= TOLERANCE for a, e in zip(actual, expected, strict=True))
+def close_to(
+    actual: list[float], expected: tuple[int, ...] | list[float], tolerance: float = TOLERANCE
+) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
 DEFAULTS = CodecOptions()
@@ -578,3 +583,108 @@ def test_a_damaged_file_gets_a_verdict_never_a_crash(data: bytes) -> None:
         assert compressed.data.startswith(b"\xff\xd8\xff")
         assert compressed.width * compressed.height <= 10_000_000
     assert code in {"ok", *CODES}
+
+
+# --- variants: one decode, several outputs ------------------------------------------------------
+
+
+def made(data: bytes, spec: str, **options: Any) -> tuple[Compressed, ...]:
+    variants = parse_variants(spec, max_pixels=50_000_000)
+    return make_variants(data, CodecOptions(variants=variants, **options))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif"])
+def test_each_format_decodes_everywhere_as_8_bit_srgb_inside_its_box(
+    photo: bytes, fmt: str
+) -> None:
+    (listing,) = made(photo, f"listing=800x500:{fmt}")
+    assert (listing.width, listing.height) == (667, 500)  # 1600x1200 inside 800x500
+    assert listing.extension == {"jpeg": "jpg", "webp": "webp", "avif": "avif"}[fmt]
+    with Image.open(io.BytesIO(listing.data)) as pillow:
+        assert pillow.format == {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}[fmt]
+        assert (pillow.mode, pillow.size) == ("RGB", (667, 500))
+    out = decode(listing.data)
+    assert (out.width, out.height, out.bands, out.format) == (667, 500, 3, "uchar")
+    assert out.interpretation == "srgb"
+    assert not out.get_typeof("exif-data")
+    assert not out.get_typeof("icc-profile-data")
+    # The same picture: its colours are the photo's, scaled down.
+    expected = band_means(decode(photo))
+    assert all(abs(a - b) < 4 for a, b in zip(band_means(out), expected, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif"])
+def test_a_box_larger_than_the_picture_never_enlarges_it(photo: bytes, fmt: str) -> None:
+    (zoom,) = made(photo, f"zoom=4000:{fmt}")
+    assert (zoom.width, zoom.height) == (1600, 1200)
+    assert (decode(zoom.data).width, decode(zoom.data).height) == (1600, 1200)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif"])
+def test_pad_gives_exactly_the_box_with_the_background_on_its_edges(photo: bytes, fmt: str) -> None:
+    (tile,) = made(photo, f"tile=200x200:pad:{fmt}", background=(0, 0, 255))
+    out = decode(tile.data)
+    assert (tile.width, tile.height) == (out.width, out.height) == (200, 200)
+    # 1600x1200 fits as 200x150, centred: 25 rows of background above and below.
+    for y in (2, 197):
+        assert close_to(pixel(out, 100, y), (0, 0, 255), tolerance=24)
+    assert not close_to(pixel(out, 100, 100), (0, 0, 255), tolerance=24)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_variant_is_turned_upright_after_it_is_resized(orientation: int) -> None:
+    source = oriented_jpeg(red_top_left(128, 96), orientation)
+    full, small = made(source, "full=webp, small=64:avif")
+    for variant, size in ((full, (128, 96)), (small, (64, 48))):
+        out = decode(variant.data)
+        assert (out.width, out.height) == (variant.width, variant.height) == size
+        assert close_to(pixel(out, size[0] // 4, size[1] // 4), RED, tolerance=40)
+        assert close_to(pixel(out, 3 * size[0] // 4, 3 * size[1] // 4), GREY, tolerance=40)
+
+
+def test_a_variant_of_a_picture_with_alpha_is_flattened_onto_the_background() -> None:
+    for variant in made(LOGO.read_bytes(), "a=webp, b=100:avif, c=100x100:pad:jpeg"):
+        out = decode(variant.data)
+        assert out.bands == 3
+        assert close_to(pixel(out, 0, 0), (255, 255, 255), tolerance=12)
+
+
+def test_a_jpeg_variant_keeps_the_original_only_where_nothing_was_resized() -> None:
+    original = heavily_compressed_photo()
+    same, smaller, other_format = made(original, "same=jpeg, smaller=100:jpeg, other=webp")
+    assert same.kept_original
+    assert same.data == jpegfile.without_metadata(original)
+    assert not smaller.kept_original
+    assert smaller.width == 100
+    assert not other_format.kept_original
+    assert other_format.extension == "webp"
+
+
+def test_a_bad_image_is_refused_once_whatever_the_variants() -> None:
+    with pytest.raises(CodecError) as refused:
+        made(b"<html>hello</html>", "a=jpeg, b=100:webp, c=50:avif")
+    assert refused.value.code == "not_an_image"
+
+
+def test_a_picture_wider_than_a_format_allows_is_refused_for_that_format() -> None:
+    wide = bytes(pyvips.Image.black(17_000, 8, bands=3).pngsave_buffer())
+    (jpeg_only,) = made(wide, "a=jpeg")
+    assert jpeg_only.width == 17_000
+    with pytest.raises(CodecError) as refused:
+        made(wide, "a=jpeg, b=webp")
+    assert refused.value.code == "too_many_pixels"
+    assert "webp images are at most 16383 pixels a side" in refused.value.message
+    (fits,) = made(wide, "b=16000x:webp")  # a box that brings it inside the limit
+    assert fits.width == 16_000
+
+
+def test_variants_made_together_look_as_those_made_one_at_a_time(photo: bytes) -> None:
+    # Alone, a small variant is decoded smaller (shrink-on-load); together, all share the
+    # decode the largest needs. The pictures are the same to within resampling.
+    specs = ("zoom=1000:jpeg", "listing=500:webp", "thumb=120x120:pad:jpeg")
+    together = made(photo, ", ".join(specs))
+    for shared, spec in zip(together, specs, strict=True):
+        (alone,) = made(photo, spec)
+        assert (shared.width, shared.height) == (alone.width, alone.height)
+        difference = (decode(shared.data).cast("float") - decode(alone.data)).abs().avg()
+        assert difference < 3

@@ -65,6 +65,12 @@ _EFFORT_HELP = (
     "four times balanced's CPU (default IMGCRUNCH_JPEG_EFFORT, balanced)"
 )
 
+_VARIANTS_HELP = (
+    "what to make of each image, e.g. 'zoom=2000:jpeg, listing=800:avif, "
+    "thumb=200x200:pad:webp' (default IMGCRUNCH_VARIANTS: one JPEG at the original size); "
+    "see the README's Variants section"
+)
+
 
 def _add_client_commands(commands: Any) -> None:
     process = commands.add_parser(
@@ -77,6 +83,7 @@ def _add_client_commands(commands: Any) -> None:
     process.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder")
     process.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     process.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
+    process.add_argument("--variants", help=_VARIANTS_HELP)
 
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
@@ -101,6 +108,7 @@ def _add_client_commands(commands: Any) -> None:
     submit.add_argument("--webhook-url")
     submit.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     submit.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
+    submit.add_argument("--variants", help=_VARIANTS_HELP)
     status = commands.add_parser("status", parents=[server], help="a request's status, as JSON")
     status.add_argument("request_id")
     download = commands.add_parser("download", parents=[server], help="a request's output CSV")
@@ -119,7 +127,11 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
 
         effort = Effort(args.effort) if args.effort else None
         run = local_run.LocalRun(
-            csv_path=args.csv, out=args.out, quality=args.quality, effort=effort
+            csv_path=args.csv,
+            out=args.out,
+            quality=args.quality,
+            effort=effort,
+            variants=args.variants,
         )
         return local_run.process(run, settings, console)
     from imgcrunch import remote  # alone: the client commands load neither pyvips nor SQLAlchemy
@@ -132,6 +144,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             webhook_url=args.webhook_url,
             quality=args.quality,
             effort=args.effort,
+            variants=args.variants,
             wait=args.wait,
             console=console,
         )

@@ -21,9 +21,11 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
 from imgcrunch.dispatch import InlineDispatcher, WebhookNudge
 from imgcrunch.exit_codes import OK, SOME_FAILED, UNUSABLE
+from imgcrunch.imaging import Variant, VariantsError
+from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
 from imgcrunch.pipeline import accept
-from imgcrunch.runtime import open_runtime, open_sessions
+from imgcrunch.runtime import VariantsUnusable, default_variants, open_runtime, open_sessions
 from imgcrunch.signing import new_secret
 
 POLL_SECONDS = 0.2
@@ -36,6 +38,7 @@ class LocalRun:
     out: Path
     quality: int | None = None
     effort: Effort | None = None
+    variants: str | None = None  # the upload's syntax; None: IMGCRUNCH_VARIANTS
 
 
 def settings_for(run: LocalRun, base: Settings) -> Settings:
@@ -68,14 +71,30 @@ def process(run: LocalRun, base: Settings, console: Console) -> int:
             column = f", {problem.column}" if problem.column else ""
             console.print(f"  {where}{column}: {problem.reason}")
         return UNUSABLE
+    try:
+        variants = _variants(run, base)
+    except (VariantsError, VariantsUnusable) as error:
+        console.print(f"[red]variants cannot be made: {error}[/red]")
+        return UNUSABLE
     settings = settings_for(run, base)
     run.out.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
-    return asyncio.run(_process(run, settings, data, parsed, console))
+    return asyncio.run(_process(run, settings, data, parsed, variants, console))
+
+
+def _variants(run: LocalRun, settings: Settings) -> tuple[Variant, ...]:
+    if run.variants is None or not run.variants.strip():
+        return default_variants(settings)
+    return variant_specs.parse(run.variants, max_pixels=settings.max_pixels)
 
 
 async def _process(
-    run: LocalRun, settings: Settings, data: bytes, parsed: csvio.ParsedCsv, console: Console
+    run: LocalRun,
+    settings: Settings,
+    data: bytes,
+    parsed: csvio.ParsedCsv,
+    variants: tuple[Variant, ...],
+    console: Console,
 ) -> int:
     started = time.monotonic()
     threads = settings.cpu_workers
@@ -94,6 +113,7 @@ async def _process(
                 parsed,
                 quality=run.quality or settings.jpeg_quality,
                 effort=run.effort or Effort(settings.jpeg_effort),
+                variants=variants,
             )
         dispatcher = InlineDispatcher.for_settings(
             runtime.pipeline, runtime.deliverer, sessions, settings, nudge
@@ -107,6 +127,7 @@ async def _process(
         async with sessions() as session:
             request = await repository.get_request(session, request_id)
             failures = await repository.failed_images(session, request_id, limit=FAILURES_SHOWN)
+            totals = await repository.variant_totals(session, [request_id])
     assert request is not None
     output = None
     if request.output_key:
@@ -128,6 +149,10 @@ async def _process(
             for f in failures
         ],
         more_failures=max(0, request.failed_images - len(failures)),
+        variants=[
+            progress.VariantFigures(variant.spec(), total.bytes_out)
+            for variant, total in zip(variants, totals[request_id], strict=False)
+        ],
     )
     if request.status == RequestStatus.COMPLETED:
         return OK

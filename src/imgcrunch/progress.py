@@ -35,6 +35,12 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class VariantFigures:
+    spec: str  # e.g. thumb=200x200:pad:webp
+    bytes_out: int
+
+
+@dataclass(frozen=True, slots=True)
 class FailedImage:
     row: str
     url: str
@@ -90,7 +96,9 @@ def summary(
     output: str | None,
     failures: Sequence[FailedImage],
     more_failures: int = 0,
+    variants: Sequence[VariantFigures] = (),
 ) -> None:
+    """`variants`: what each variant made, when the request named its variants."""
     table = Table(title="imgcrunch", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -102,6 +110,8 @@ def summary(
     table.add_row("bytes out", _size(snapshot.bytes_out))
     if snapshot.bytes_in:
         table.add_row("saved", f"{100 * (1 - snapshot.bytes_out / snapshot.bytes_in):.1f}%")
+    for variant in variants:
+        table.add_row(f"variant {variant.spec}", _size(variant.bytes_out))
     if seconds > 0:
         finished = snapshot.done + snapshot.failed
         table.add_row("time", f"{seconds:.1f} s ({finished / seconds:.1f} images/s)")

@@ -46,8 +46,14 @@ def submit(
     effort: str | None,
     wait: bool,
     console: Console,
+    variants: str | None = None,
 ) -> int:
-    fields = (("webhook_url", webhook_url), ("quality", quality), ("effort", effort))
+    fields = (
+        ("webhook_url", webhook_url),
+        ("quality", quality),
+        ("effort", effort),
+        ("variants", variants),
+    )
     form = {key: str(value) for key, value in fields if value}
     try:
         with server.client() as client:
@@ -118,6 +124,7 @@ def _wait(client: httpx.Client, request_id: str, label: str, console: Console) -
             for e in body["errors"]
         ],
         more_failures=snapshot.failed - len(body["errors"]),
+        variants=_variants(body),
     )
     if body["status"] == "completed":
         return OK
@@ -134,6 +141,14 @@ def _snapshot(body: dict[str, Any]) -> progress.Snapshot:
         bytes_in=body["bytes_in"],
         bytes_out=body["bytes_out"],
     )
+
+
+def _variants(body: dict[str, Any]) -> list[progress.VariantFigures]:
+    """What each variant made; none shown for a request that named none (one default JPEG)."""
+    variants = body.get("variants") or []
+    if [variant["name"] for variant in variants] == ["output"]:
+        return []
+    return [progress.VariantFigures(v["spec"], v["bytes_out"]) for v in variants]
 
 
 def _ok(response: httpx.Response, console: Console) -> dict[str, Any]:

@@ -81,7 +81,12 @@ def folder_of(url: str) -> Path:
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-_MEDIA_TYPES = {".jpg": "image/jpeg", ".csv": "text/csv; charset=utf-8"}
+_MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".csv": "text/csv; charset=utf-8",
+}
 
 
 def media_type(key: str) -> str:

@@ -7,7 +7,8 @@ A name, `=`, then colon-separated parts in any order: a box (`N` bounds both sid
 the width, `xH` the height, `WxH` both), a fit (`inside`, the default, or `pad`), a format
 (`jpeg`, the default, `webp` or `avif`), a quality `qN` and an effort (`balanced` or `max`);
 the request's quality and effort where none is given. The JSON form is a list of objects
-with the keys `name`, `width`, `height`, `fit`, `format`, `quality` and `effort`.
+with the keys `name`, `width`, `height`, `fit`, `format`, `quality` and `effort` (or one
+such object alone).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def parse(text: str | None, *, max_pixels: int) -> tuple[Variant, ...]:
         return DEFAULT
     if len(text) > MAX_SPEC_LENGTH:
         raise VariantsError("", f"the spec is over {MAX_SPEC_LENGTH} characters")
-    if text.startswith("["):
+    if text.startswith(("[", "{")):
         variants = _from_json(text, max_pixels=max_pixels)
     else:
         variants = [_from_text(part.strip(), max_pixels) for part in text.split(",")]
@@ -184,6 +185,8 @@ def _from_json(text: str, *, max_pixels: int) -> list[Variant]:
         items = json.loads(text)
     except json.JSONDecodeError as error:
         raise VariantsError("", f"not valid JSON: {error}") from None
+    if isinstance(items, dict):
+        items = [items]  # one variant, written alone
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise VariantsError("", "the JSON form is a list of objects")
     if len(items) > MAX_VARIANTS:

@@ -23,14 +23,17 @@ from imgcrunch.storage import IMMUTABLE, media_type
 
 router = APIRouter(tags=["images"])
 
-_NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg)")
+_NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg|webp|avif)")
 
 
 @router.get(
     "/images/{request_id}/{name}",
     response_class=Response,
     responses={
-        200: {"content": {"image/jpeg": {}}, "description": "the compressed image"},
+        200: {
+            "content": {"image/jpeg": {}, "image/webp": {}, "image/avif": {}},
+            "description": "the compressed image",
+        },
         304: {"description": "not modified: the image named in If-None-Match"},
         307: {"description": "with IMGCRUNCH_S3_PRESIGN: the image's presigned URL"},
         **error_responses(404),

@@ -143,7 +143,7 @@ async function upload(event) {
   const form = event.target;
   const message = document.getElementById("upload-message");
   const data = new FormData(form);
-  for (const name of ["webhook_url", "quality", "effort"]) {
+  for (const name of ["webhook_url", "quality", "effort", "variants"]) {
     if (!data.get(name)) data.delete(name);
   }
   showMessage(message, "Uploading…");
@@ -159,11 +159,32 @@ async function upload(event) {
 
 // --- a request's page ----------------------------------------------------------------------
 
+function variantFigure(image, variant) {
+  const kept = variant.kept_original ? ", original kept" : "";
+  return el(
+    "figure",
+    { class: "variant" },
+    el("img", { src: variant.url, alt: `${variant.name} of row ${image.row}`, loading: "lazy", class: "after" }),
+    el("figcaption", { text: `${variant.name}: ${variant.width}×${variant.height}, ${size(variant.bytes)}${kept}` }),
+  );
+}
+
+function variantsLine(status) {
+  if (status.variants.length === 1 && status.variants[0].name === "output") return null;
+  return el(
+    "ul",
+    { class: "variant-totals", "aria-label": "variants" },
+    ...status.variants.map((variant) => el("li", { text: `${variant.spec}: ${size(variant.bytes_out)}` })),
+  );
+}
+
 function imageRow(image) {
   const before = el("img", { src: image.source_url, alt: `original of row ${image.row}`, loading: "lazy" });
-  const after = image.output_url
-    ? el("img", { src: image.output_url, alt: `compressed image of row ${image.row}`, loading: "lazy", class: "after" })
-    : el("span", { text: "–" });
+  const after = image.variants.length > 1
+    ? el("div", { class: "variants" }, ...image.variants.map((variant) => variantFigure(image, variant)))
+    : image.output_url
+      ? el("img", { src: image.output_url, alt: `compressed image of row ${image.row}`, loading: "lazy", class: "after" })
+      : el("span", { text: "–" });
   let result;
   if (image.status === "done") {
     const saved = image.bytes_in ? Math.round(100 * (1 - image.bytes_out / image.bytes_in)) : 0;
@@ -205,6 +226,8 @@ async function refreshRequest(requestId) {
     const statusLine = el("p", {}, "Status: ", el("span", { class: `status ${status.status}`, text: status.status.replaceAll("_", " ") }));
     const options = el("p", { class: "figures", text: `quality ${status.quality} · effort ${status.effort}` });
     const parts = [statusLine, progressBar(status), figures(status), options];
+    const variants = variantsLine(status);
+    if (variants) parts.push(variants);
     if (status.error) parts.push(el("p", { class: "error-text", text: status.error }));
     document.getElementById("request-summary").replaceChildren(...parts);
     document.getElementById("download").disabled = !status.output_csv_url;
