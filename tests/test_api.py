@@ -533,6 +533,123 @@ def test_an_original_that_would_not_shrink_is_kept_and_said_so(
     assert row["Errors"] == ""
 
 
+CATALOG_SET = "zoom=2000:jpeg, listing=800:avif, thumb=200x200:pad:webp"
+
+
+def test_variants_are_made_stored_and_listed_for_each_image(
+    service: Service, image_server: ImageServer
+) -> None:
+    photo, kept = image_server.photo_urls(1, tag="variants")[0], image_server.url("/compressed.jpg")
+    request_id = upload_ok(
+        service,
+        f'S. No,Product Name,Input Image Urls,Brand\n1,A,"{photo},{kept}",Acme\n',
+        variants=CATALOG_SET,
+    )
+    status = service.wait_until_finished(request_id)
+    assert status["status"] == "completed"
+    assert [(v["name"], v["format"], v["fit"], v["column"]) for v in status["variants"]] == [
+        ("zoom", "jpeg", "inside", "Output Image Urls"),
+        ("listing", "avif", "inside", "Listing Image Urls"),
+        ("thumb", "webp", "pad", "Thumb Image Urls"),
+    ]
+
+    row = download(service, request_id)[0]
+    assert list(row)[:7] == [
+        "S. No.",
+        "Product Name",
+        "Input Image Urls",
+        "Output Image Urls",
+        "Listing Image Urls",
+        "Thumb Image Urls",
+        "Brand",
+    ]
+    expected = {  # per column: content type, and each image's size (photo, then the small one)
+        "Output Image Urls": ("image/jpeg", [(1600, 1200), (200, 150)]),
+        "Listing Image Urls": ("image/avif", [(800, 600), (200, 150)]),
+        "Thumb Image Urls": ("image/webp", [(200, 200), (200, 200)]),
+    }
+    served_bytes = {}
+    for column, (content_type, sizes) in expected.items():
+        urls = row[column].split(",")
+        for url, size in zip(urls, sizes, strict=True):
+            served = httpx.get(url)
+            assert served.status_code == 200
+            assert served.headers["content-type"] == content_type
+            image = pyvips.Image.new_from_buffer(served.content, "")
+            assert (image.width, image.height) == size
+            served_bytes[url] = len(served.content)
+    assert int(row["Bytes Out"]) == sum(
+        served_bytes[url] for url in row["Output Image Urls"].split(",")
+    )
+
+    # Each variant's total is its images' bytes; the first's is the request's own.
+    totals = {v["name"]: v["bytes_out"] for v in status["variants"]}
+    for name, column in (("zoom", "Output Image Urls"), ("listing", "Listing Image Urls"),
+                         ("thumb", "Thumb Image Urls")):  # fmt: skip
+        assert totals[name] == sum(served_bytes[url] for url in row[column].split(","))
+    assert status["bytes_out"] == totals["zoom"]
+
+    with service.client() as client:
+        images = client.get(f"/requests/{request_id}/images").json()["images"]
+        listed = client.get("/requests").json()["requests"]
+    shown = [[(v["name"], v["width"], v["height"], v["kept_original"]) for v in image["variants"]]
+             for image in images]  # fmt: skip
+    assert shown == [
+        [("zoom", 1600, 1200, False), ("listing", 800, 600, False), ("thumb", 200, 200, False)],
+        # The small JPEG already is the zoom variant, and would not shrink: kept as it is.
+        [("zoom", 200, 150, True), ("listing", 200, 150, False), ("thumb", 200, 200, False)],
+    ]
+    assert [v["url"] for v in images[0]["variants"]] == [
+        row[column].split(",")[0] for column in expected
+    ]
+    (summary,) = [r for r in listed if r["request_id"] == request_id]
+    assert summary["variants"] == status["variants"]
+    assert status["variants"][0]["kept_original"] == 1
+
+
+@pytest.mark.parametrize(
+    ("variants", "part"),
+    [
+        ("zoom=2000:jpeg, zoom=800:avif", "zoom: this name is given twice"),
+        ("zoom=2000:gif", "'gif' is none of"),
+        ("thumb=0x200:webp", "a side of 0"),
+        ("huge=8000x8000:jpeg", "64.0 megapixels; the limit is 50.0"),
+        (", ".join(f"v{n}={100 + n}" for n in range(9)), "9 variants; at most 8"),
+        ('[{"name": "a", "format": "png"}]', "format 'png' is unknown"),
+    ],
+)
+def test_a_bad_variants_spec_is_refused_naming_the_part(
+    service: Service, variants: str, part: str
+) -> None:
+    response = service.upload(
+        "S. No,Product Name,Input Image Urls\n1,A,http://example.com/a.jpg\n", variants=variants
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_variants"
+    assert part in error["message"]
+    assert error["details"][0]["field"] == "variants"
+    assert part in error["details"][0]["reason"]
+
+
+def test_the_servers_default_variants_apply_where_a_request_names_none(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service(VARIANTS="small=100:webp")
+    (url,) = image_server.photo_urls(1, tag="default-variants")
+    request_id = upload_ok(service, f"S. No,Product Name,Input Image Urls\n1,A,{url}\n")
+    status = service.wait_until_finished(request_id)
+    assert [v["spec"] for v in status["variants"]] == ["small=100x100:inside:webp"]
+    output = download(service, request_id)[0]["Output Image Urls"]
+    assert httpx.get(output).headers["content-type"] == "image/webp"
+    # A request's own variants win.
+    request_id = upload_ok(
+        service, f"S. No,Product Name,Input Image Urls\n1,A,{url}\n", variants="big=jpeg"
+    )
+    status = service.wait_until_finished(request_id)
+    assert [v["spec"] for v in status["variants"]] == ["big=inside:jpeg"]
+
+
 def test_quality_can_be_chosen_per_request(service: Service, image_server: ImageServer) -> None:
     url = image_server.photo_urls(1, tag="quality")[0]
     csv_text = f"S. No,Product Name,Input Image Urls\n1,A,{url}\n"

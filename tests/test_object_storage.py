@@ -187,3 +187,48 @@ def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
     for folder in (tmp_path / "worker-0-data", tmp_path / "worker-1-data"):
         assert not (folder / "images").exists()
         assert not (folder / "csv").exists()
+
+
+def test_scale_out_on_a_bucket_makes_every_variant_with_its_content_type(
+    make_service: ServiceFactory,
+    bucket: Bucket,
+    postgres: servers.Postgres,
+    redis_server: servers.Redis,
+    image_server: ImageServer,
+    tmp_path: Path,
+) -> None:
+    urls = image_server.photo_urls(3, tag="s3-variants-")
+    with running_scale_out(
+        make_service,
+        tmp_path,
+        database_url=postgres.new_database(),
+        broker_url=servers.REDIS_URL,
+        key_prefix=redis_server.new_prefix(),
+        settings=bucket.settings() | {"webhook_secret": new_secret()},
+        own_folders=True,
+    ) as deployment:
+        api = deployment.api
+        variants = "zoom=2000:jpeg, listing=800:avif, thumb=200x200:pad:webp"
+        response = api.upload(products_csv(urls), variants=variants)
+        assert response.status_code == 202, response.text
+        request_id = response.json()["request_id"]
+        status = api.wait_until_finished(request_id, timeout=180)
+        assert status["status"] == "completed", status
+        with api.client() as client:
+            images = client.get(f"/requests/{request_id}/images").json()["images"]
+            output = client.get(f"/download/{request_id}").text
+    assert "Output Image Urls,Listing Image Urls,Thumb Image Urls" in output.splitlines()[0]
+    expected = {"zoom": "image/jpeg", "listing": "image/avif", "thumb": "image/webp"}
+    sizes = {"zoom": (1600, 1200), "listing": (800, 600), "thumb": (200, 200)}
+    stored = bucket.stored()
+    for image in images:
+        assert [variant["name"] for variant in image["variants"]] == list(expected)
+        for variant in image["variants"]:
+            key = variant["url"].split("/", 3)[3]
+            assert key in stored
+            head = bucket.server.head(bucket.name, f"{bucket.prefix}/{key}")
+            assert head["ContentType"] == expected[variant["name"]]
+            assert (variant["width"], variant["height"]) == sizes[variant["name"]]
+            assert variant["url"] in output
+    totals = {variant["name"]: variant["bytes_out"] for variant in status["variants"]}
+    assert totals["thumb"] < totals["listing"] < totals["zoom"]
