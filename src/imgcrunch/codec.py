@@ -244,6 +244,19 @@ class _Planned:
     width: int
     height: int
 
+    def stored_size(self, header: _Header) -> tuple[int, int]:
+        """Its size before it is turned upright (resizing comes first)."""
+        return (self.height, self.width) if header.swaps_axes else (self.width, self.height)
+
+
+# libvips' resize shrinks by whole factors with a box filter while more than `gap` times the
+# target remains, then resamples the rest with lanczos3. Its default leaves up to 2x to lanczos
+# (sharper, and dearer). Where the picture was decoded smaller already (shrink-on-load), that
+# is what's left; where several variants share one full-size decode, a box to within 1x of
+# each keeps the cascade cheap (bench/throughput.py --variants).
+_GAP = 2.0
+_CASCADE_GAP = 1.0
+
 
 def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     _refuse_known_unsupported(data)
@@ -253,11 +266,37 @@ def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     _check_pixels(header, options.max_pixels)
     plans = [_plan(header, variant) for variant in options.variants]
     base = _flatten(_to_srgb8(_decode(data, image, header, plans), header), options.background)
-    if len(plans) > 1:
-        # Decoded once for all; a pixel error surfaces here, as the image's, not a variant's.
-        base = base.copy_memory()
-        return tuple(_encoded_guarded(data, base, header, plan, options) for plan in plans)
-    return (_encode(data, base, header, plans[0], options),)
+    if len(plans) == 1:
+        resized = _resized(base, plans[0].stored_size(header))
+        return (_encode(data, resized, header, plans[0], options),)
+    # Decoded once for all; a pixel error surfaces here, as the image's, not a variant's.
+    return _cascade(data, base.copy_memory(), header, plans, options)
+
+
+def _cascade(
+    data: bytes, base: Any, header: _Header, plans: list[_Planned], options: CodecOptions
+) -> tuple[Compressed, ...]:
+    """Every variant from one decode, largest first, each resized from the smallest picture
+    already made that is at least its size: a thumbnail comes from the listing image, not
+    from the full-size one, for a sixteenth of the pixels to read."""
+    sources = [base]
+    made: dict[int, Compressed] = {}
+    for index in sorted(range(len(plans)), key=lambda i: -plans[i].width * plans[i].height):
+        plan = plans[index]
+        size = plan.stored_size(header)
+        source = min(
+            (s for s in sources if s.width >= size[0] and s.height >= size[1]),
+            key=lambda s: s.width * s.height,
+        )
+        resized = _resized(source, size, gap=_CASCADE_GAP)
+        if resized is not source:
+            resized = resized.copy_memory()
+            sources.append(resized)
+        try:
+            made[index] = _encode(data, resized, header, plan, options)
+        except pyvips.Error as error:
+            raise EncoderError(f"{plan.variant.name}: {_detail(error)}") from error
+    return tuple(made[index] for index in range(len(plans)))
 
 
 def _plan(header: _Header, variant: Variant) -> _Planned:
@@ -291,22 +330,11 @@ def _decode(data: bytes, image: Any, header: _Header, plans: list[_Planned]) -> 
     return image
 
 
-def _encoded_guarded(
-    data: bytes, base: Any, header: _Header, plan: _Planned, options: CodecOptions
-) -> Compressed:
-    try:
-        return _encode(data, base, header, plan, options)
-    except pyvips.Error as error:
-        raise EncoderError(f"{plan.variant.name}: {_detail(error)}") from error
-
-
 def _encode(
-    data: bytes, base: Any, header: _Header, plan: _Planned, options: CodecOptions
+    data: bytes, image: Any, header: _Header, plan: _Planned, options: CodecOptions
 ) -> Compressed:
+    """A picture already at the variant's size (as stored), turned, padded and encoded."""
     variant = plan.variant
-    image = _resized(
-        base, (plan.height, plan.width) if header.swaps_axes else (plan.width, plan.height)
-    )
     if header.orientation != 1:
         # Turned after the resize, on the small picture: reading columns needs it in memory.
         image = image.copy_memory().autorot()
@@ -331,10 +359,10 @@ def _encode(
     return Compressed(encoded, width, height, extension=variant.extension)
 
 
-def _resized(image: Any, size: tuple[int, int]) -> Any:
+def _resized(image: Any, size: tuple[int, int], *, gap: float = _GAP) -> Any:
     if (image.width, image.height) == size:
         return image
-    return image.resize(size[0] / image.width, vscale=size[1] / image.height)
+    return image.resize(size[0] / image.width, vscale=size[1] / image.height, gap=gap)
 
 
 def _may_keep(header: _Header, variant: Variant, size: tuple[int, int]) -> bool:
