@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ from harness import (
     write_json,
 )
 from imgcrunch import codec
+from imgcrunch.imaging import variants as variant_specs
 
 SEED_FIRST_URL = 20_000_000
 TARGET_SHARE = 0.85  # end-to-end images/s as a share of the codec limit, and of the bare one
@@ -71,6 +72,111 @@ def small_photos(photos: PhotoSet) -> PhotoSet:
         image = pyvips.Image.thumbnail_buffer(original, width, height=height, crop="centre")
         data.append(bytes(image.jpegsave_buffer(Q=92, keep="none")))
     return PhotoSet(f"{photos.label} at {width}x{height}", photos.names, data)
+
+
+# --- variants: CPU per photo ------------------------------------------------------------------
+
+# What a catalog serves (issue 23); each alone, then together.
+SINGLE_VARIANTS = (
+    "thumb=200:jpeg",
+    "thumb=200x200:pad:jpeg",
+    "listing=800:jpeg",
+    "zoom=2000:jpeg",
+    "listing=800:webp",
+    "listing=800:webp:max",
+    "listing=800:avif",
+    "listing=800:avif:max",
+)
+CATALOG_SET = "zoom=2000:jpeg, listing=800:jpeg, thumb=200x200:pad:jpeg"
+THUMB_TARGET = 0.40  # a 200 px JPEG variant, of the full-size default's CPU
+SET_TARGET = 1.6  # the catalog set, of the default alone
+VARIANT_ROUNDS = 7
+
+
+@dataclass(frozen=True)
+class VariantCpu:
+    label: str
+    cpu_ms: float  # per photo, one thread: the median of the rounds
+    of_default: float  # over the default's, measured in the same rounds
+
+
+def _variant_settings() -> dict[str, Callable[[bytes], object]]:
+    """Each setting as a call on one photo's bytes: references first, then imgcrunch's."""
+    settings: dict[str, Callable[[bytes], object]] = {
+        "bare libvips (decode, jpegsave Q50)": _bare_libvips,
+        "usual approach (Pillow, quality 50)": _pillow_q50,
+        "imgcrunch default (one JPEG, full size)": _made(""),
+    }
+    for spec in SINGLE_VARIANTS:
+        settings[spec] = _made(spec)
+    settings[f"{CATALOG_SET} (one decode)"] = _made(CATALOG_SET)
+    alone = [_made(part.strip()) for part in CATALOG_SET.split(",")]
+    settings["the same set, one decode per variant"] = lambda data: [make(data) for make in alone]
+    return settings
+
+
+def _made(spec: str) -> Callable[[bytes], object]:
+    options = codec.CodecOptions(
+        quality=QUALITY, variants=variant_specs.parse(spec, max_pixels=10**9)
+    )
+    return lambda data: codec.make_variants(data, options)
+
+
+def _bare_libvips(data: bytes) -> object:
+    return pyvips.Image.new_from_buffer(data, "", access="sequential").jpegsave_buffer(Q=QUALITY)
+
+
+def _pillow_q50(data: bytes) -> object:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=QUALITY)
+    return out.getvalue()
+
+
+def measure_variant_cpu(photos: PhotoSet, rounds: int = VARIANT_ROUNDS) -> list[VariantCpu]:
+    """CPU time per photo of each setting, in one thread (libvips' concurrency 1), the settings
+    taking turns each round so that the machine's drift falls on all alike."""
+    settings = _variant_settings()
+    samples: dict[str, list[float]] = {label: [] for label in settings}
+    ratios: dict[str, list[float]] = {label: [] for label in settings}
+    default = "imgcrunch default (one JPEG, full size)"
+    for make in settings.values():  # warm: libraries loaded, buffers allocated
+        make(photos.data[0])
+    for _ in range(rounds):
+        this_round = {}
+        for label, make in settings.items():
+            started = time.process_time()
+            for data in photos.data:
+                make(data)
+            this_round[label] = (time.process_time() - started) * 1000 / len(photos.data)
+            samples[label].append(this_round[label])
+        for label, cpu in this_round.items():
+            ratios[label].append(cpu / this_round[default])
+    return [
+        VariantCpu(label, statistics.median(samples[label]), statistics.median(ratios[label]))
+        for label in settings
+    ]
+
+
+def variant_lines(report: Report) -> list[str]:
+    lines = ["variants, CPU per photo (one thread, median of rounds) and x the default:"]
+    lines += [
+        f"  {v.label:58} {v.cpu_ms:7.1f} ms  {v.of_default:5.2f}x" for v in report.variant_cpu
+    ]
+    by_label = {v.label: v for v in report.variant_cpu}
+    thumb = by_label["thumb=200:jpeg"].of_default
+    together = by_label[f"{CATALOG_SET} (one decode)"].of_default
+    apart = by_label["the same set, one decode per variant"].of_default
+    report.targets["thumbnail_cpu"] = thumb <= THUMB_TARGET
+    report.targets["catalog_set_cpu"] = together <= SET_TARGET
+    lines.append(
+        f"target: a 200 px JPEG variant <= {THUMB_TARGET:.0%} of the default's CPU : "
+        f"{_met(thumb <= THUMB_TARGET)} ({thumb:.0%})"
+    )
+    lines.append(
+        f"target: the catalog set <= {SET_TARGET}x the default's CPU : "
+        f"{_met(together <= SET_TARGET)} ({together:.2f}x; one decode per variant: {apart:.2f}x)"
+    )
+    return lines
 
 
 # --- the usual approach ---------------------------------------------------------------------
@@ -127,6 +233,7 @@ class Report:
     seed_loops: list[SeedLoop] = field(default_factory=list)  # before the runs and after them
     small_runs: list[RunResult] = field(default_factory=list)  # against the small photos' limits
     upload: UploadResult | None = None
+    variant_cpu: list[VariantCpu] = field(default_factory=list)
     targets: dict[str, bool] = field(default_factory=dict)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -318,6 +425,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"images for the usual approach's loop, before and after (default {SEED_LOOP_IMAGES};"
         " 0 skips it)",
     )
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="only measure CPU per photo for each variant and the catalog set, then stop",
+    )
     parser.add_argument("--json", type=Path, help="where to write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -341,6 +453,11 @@ def bench(args: argparse.Namespace, report: Report, photos: PhotoSet, origin: Or
         report.upload = run_upload_only(origin, args.upload_rows)
         _say(upload_line(report.upload))
         return args.json or RESULTS / "upload-latest.json"
+    report.variant_cpu = measure_variant_cpu(photos)
+    for line in variant_lines(report):
+        _say(line)
+    if args.variants_only:
+        return args.json or RESULTS / "variants-latest.json"
     measure_seed_loop_into(report, origin, args.seed_images)
     before = measure_limits_into(report, photos, args.codec_images)
     # Sizes interleaved, each run several times: the machine's speed drifts, and a short run
@@ -361,7 +478,7 @@ def bench(args: argparse.Namespace, report: Report, photos: PhotoSet, origin: Or
     if args.final_upload_rows > 0:
         report.upload = run_upload_only(origin, args.final_upload_rows)
         _say(upload_line(report.upload))
-    for line in target_lines(report) + load_warnings(report):
+    for line in target_lines(report) + variant_lines(report)[-2:] + load_warnings(report):
         _say(line)
     return args.json or RESULTS / "latest.json"
 
