@@ -38,25 +38,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
     app.add_middleware(_IgnoreTrailingSlash)
-    if not settings.api_keys:
-        _without_authentication(app)
+    _openapi_as_served(app, keys=bool(settings.api_keys))
     return app
 
 
-def _without_authentication(app: FastAPI) -> None:
-    """A server without API keys asks for none: its OpenAPI document says so, rather than
-    have clients (and schemathesis) believe each route needs a bearer token it ignores."""
+def _openapi_as_served(app: FastAPI, *, keys: bool) -> None:
+    """The OpenAPI document as the server answers: a server without API keys asks for none
+    (rather than have clients, and schemathesis, believe each route needs a bearer token it
+    ignores); and a form is what a form can be (see `_as_forms_are`)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.get("components", {}).pop("securitySchemes", None)
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    operation.pop("security", None)
-        return app.openapi_schema or schema
+            if not keys:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for operations in schema["paths"].values():
+                    for operation in operations.values():
+                        operation.pop("security", None)
+            _as_forms_are(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _as_forms_are(schema: dict[str, Any]) -> None:
+    """A multipart form sends no nulls, and POST /upload refuses fields it does not know
+    (`unknown_field`): its body's schema says both, so that what it allows is accepted."""
+    for name, body in schema.get("components", {}).get("schemas", {}).items():
+        if not name.startswith("Body_upload"):
+            continue
+        body["additionalProperties"] = False
+        for field in body.get("properties", {}).values():
+            choices = field.pop("anyOf", None)
+            if choices is not None:
+                field.update(next(c for c in choices if c.get("type") != "null"))
 
 
 class _IgnoreTrailingSlash:

@@ -26,6 +26,15 @@ from imgcrunch.imaging.formats import Format
 
 MAX_VARIANTS = 8
 MAX_SPEC_LENGTH = 1000
+_PART = (
+    r"(?:[1-9][0-9]{0,4}(?:x(?:[1-9][0-9]{0,4})?)?|x[1-9][0-9]{0,4}|inside|pad|jpeg|webp|avif"
+    r"|q(?:100|[1-9][0-9]?)|balanced|max)"
+)
+_VARIANT = rf"[a-z][a-z0-9_-]{{0,31}}={_PART}(?::{_PART}){{0,5}}"
+# The text form's syntax, for the OpenAPI document: what the parser reads (in lower case; it
+# also takes upper case and more spaces), or a JSON form. The rules a pattern cannot state
+# (names given twice, a box over the pixel limit, `pad` without both sides) are the parser's.
+PATTERN = rf"^(?:{_VARIANT}(?:, ?{_VARIANT}){{0,{MAX_VARIANTS - 1}}}|[\[{{].*)$"
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _BOX = re.compile(r"(?P<width>\d+)?(?P<x>x)?(?P<height>\d+)?")
 _QUALITY = re.compile(r"q(?P<quality>\d+)")

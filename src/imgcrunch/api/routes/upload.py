@@ -37,8 +37,16 @@ async def upload(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="the products CSV")],
     webhook_url: Annotated[
-        str | None, Form(description="called with a JSON POST when the request is done")
-    ] = None,
+        str,
+        Form(
+            # Documented, not enforced by the framework: the route's own check says what is
+            # wrong in its own words (`invalid_webhook_url`), and forgives spaces around it.
+            json_schema_extra={"pattern": r"^(?:https?://\S+)?$"},
+            description="called with a JSON POST when the request is done: an absolute http(s) "
+            "URL (IMGCRUNCH_MAX_URL_LENGTH characters at most) of a host on a public network, "
+            "unless IMGCRUNCH_ALLOW_PRIVATE_NETWORKS; empty for none",
+        ),
+    ] = "",
     quality: Annotated[
         int | None,
         Form(
@@ -56,9 +64,10 @@ async def upload(
         ),
     ] = None,
     variants: Annotated[
-        str | None,
+        str,
         Form(
             max_length=variant_specs.MAX_SPEC_LENGTH,
+            json_schema_extra={"pattern": variant_specs.PATTERN},  # as webhook_url's
             description="what to make of each image, e.g. `zoom=2000:jpeg, listing=800:avif, "
             "thumb=200x200:pad:webp`: a name, `=`, then colon-separated parts in any order: a "
             "box (`N`, `Wx`, `xH`, `WxH`; fit inside, never enlarged), a fit (`inside`, or "
@@ -66,9 +75,10 @@ async def upload(
             "an effort. Or a JSON list of objects (name, width, height, fit, format, quality, "
             f"effort). At most {variant_specs.MAX_VARIANTS}; the first fills `Output Image "
             "Urls`, each other its own `<Name> Image Urls` column (IMGCRUNCH_VARIANTS by "
-            "default: one JPEG at the original size)",
+            "default: one JPEG at the original size). Names are unique; a box is at most the "
+            "pixel limit (IMGCRUNCH_MAX_PIXELS); `pad` needs both sides",
         ),
-    ] = None,
+    ] = "",
 ) -> Accepted:
     await _refuse_unknown_fields(request)
     made = _checked_variants(variants, settings)
@@ -144,9 +154,9 @@ def _full(reason: str) -> ApiError:
     )
 
 
-def _checked_variants(spec: str | None, settings: SettingsDep) -> tuple[Variant, ...]:
+def _checked_variants(spec: str, settings: SettingsDep) -> tuple[Variant, ...]:
     """The request's variants, or 422 naming the part that is wrong."""
-    if spec is None or not spec.strip():
+    if not spec.strip():
         return default_variants(settings)  # checked when the service started
     try:
         return variant_specs.parse(spec, max_pixels=settings.max_pixels)
@@ -159,10 +169,10 @@ def _checked_variants(spec: str | None, settings: SettingsDep) -> tuple[Variant,
         ) from None
 
 
-def _checked_webhook_url(url: str | None, guard: AddressGuard, max_length: int) -> str | None:
+def _checked_webhook_url(url: str, guard: AddressGuard, max_length: int) -> str | None:
     """The webhook URL, or 422. A host name is checked again at every delivery (its address
     may change); a literal address, credentials or a wrong scheme can be refused now."""
-    if url is None or not url.strip():
+    if not url.strip():
         return None
     url = url.strip()
     if len(url) > max_length:
