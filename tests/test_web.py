@@ -93,6 +93,53 @@ def test_upload_watch_the_bar_download_and_see_a_thumbnail(
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
 
 
+def test_variants_are_asked_for_and_each_shown_with_its_size(
+    page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    (photo,) = image_server.photo_urls(1, tag="web-variants-")
+    csv_path = write_products(tmp_path, f"1,Mug,{photo}")
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_label("Variants").fill("zoom=2000:jpeg, listing=800:avif, thumb=200x200:pad:webp")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-message")).to_contain_text("Accepted: 1 images")
+
+    card = page.locator("li.request").first
+    expect(card).to_have_attribute("data-status", "completed")
+    card.get_by_role("link").click()
+    summary = page.locator("#request-summary")
+    expect(summary.get_by_role("list", name="variants")).to_contain_text("thumb=200x200:pad:webp")
+    figures = page.locator("#images figure.variant")
+    expect(figures).to_have_count(3)
+    expect(figures.nth(0)).to_contain_text("zoom: 1600\u00d71200")
+    expect(figures.nth(1)).to_contain_text("listing: 800\u00d7600")
+    expect(figures.nth(2)).to_contain_text("thumb: 200\u00d7200")
+    # Each is shown: the browser decoded the JPEG, the AVIF and the WebP.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('figure.variant img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+
+def test_a_bad_variants_spec_is_explained(
+    page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    csv_path = write_products(tmp_path, f"1,Mug,{image_server.photo_urls(1)[0]}")
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_label("Variants").fill("zoom=2000:gif")
+    page.get_by_role("button", name="Upload").click()
+    message = page.locator("#upload-message")
+    expect(message).to_contain_text("'gif' is none of")
+    expect(message).to_have_class("message error")
+
+
 def test_a_bad_file_is_explained_row_by_row(
     page: Any, make_service: ServiceFactory, tmp_path: Path
 ) -> None:
