@@ -79,6 +79,35 @@ def test_quality_and_effort_are_the_run_s_own(
     assert recorded == [(30, effort.value, "completed")]
 
 
+def test_variants_land_in_their_columns_and_the_summary_gives_each_one_s_bytes(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    url = image_server.photo_urls(1, tag="local-run-variants-")[0]
+    out = tmp_path / "out"
+    spec = "zoom=2000:jpeg, thumb=200x200:pad:webp"
+    run = LocalRun(write_products(tmp_path, f"1,A,{url}"), out, variants=spec)
+    screen, shown = recording_console()
+    assert process(run, BASE, screen) == OK
+    (row,) = csv.DictReader(io.StringIO((out / "products.output.csv").read_text()))
+    zoom = pyvips.Image.new_from_file(row["Output Image Urls"].removeprefix("file://"))
+    thumb = pyvips.Image.new_from_file(row["Thumb Image Urls"].removeprefix("file://"))
+    assert (zoom.get("vips-loader"), zoom.width, zoom.height) == ("jpegload", 1600, 1200)
+    assert (thumb.get("vips-loader"), thumb.width, thumb.height) == ("webpload", 200, 200)
+    thumb_bytes = Path(row["Thumb Image Urls"].removeprefix("file://")).stat().st_size
+    summary = " ".join(shown.getvalue().replace("│", " ").split())
+    assert "variant zoom=2000x2000:inside:jpeg" in summary
+    assert f"variant thumb=200x200:pad:webp {thumb_bytes / 1000:,.1f} KB" in summary
+
+
+def test_a_bad_variants_spec_exits_2_naming_the_part_and_makes_nothing(tmp_path: Path) -> None:
+    csv_path = write_products(tmp_path, "1,A,https://example.com/a.jpg")
+    screen, shown = recording_console()
+    run = LocalRun(csv_path, tmp_path / "out", variants="a=jpeg, a=webp")
+    assert process(run, BASE, screen) == UNUSABLE
+    assert "a: this name is given twice" in shown.getvalue()
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_refused_csv_exits_2_naming_each_row_and_makes_nothing(tmp_path: Path) -> None:
     csv_path = write_products(
         tmp_path, "1,A,ftp://example.com/a.jpg", "2,,https://example.com/b.jpg"

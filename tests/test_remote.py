@@ -38,6 +38,7 @@ def submit(
     webhook_url: str | None = None,
     quality: int | None = None,
     effort: str | None = None,
+    variants: str | None = None,
 ) -> int:
     return remote.submit(
         server,
@@ -45,6 +46,7 @@ def submit(
         webhook_url=webhook_url,
         quality=quality,
         effort=effort,
+        variants=variants,
         wait=wait,
         console=screen,
     )
@@ -74,6 +76,23 @@ def test_submit_and_wait_prints_the_id_shows_progress_and_exits_0(
     assert (status["status"], status["quality"], status["effort"]) == ("completed", 60, "max")
     assert "2/2" in shown.getvalue()
     assert f"{service.base_url}/download/{request_id}" in shown.getvalue()
+
+
+def test_submit_sends_the_variants_and_the_summary_gives_each_one_s_bytes(
+    service: Service, image_server: ImageServer, tmp_path: Path
+) -> None:
+    (url,) = image_server.photo_urls(1, tag="remote-variants-")
+    screen, shown = recording_console()
+    csv_path = write_products(tmp_path, f"1,A,{url}")
+    code = submit(remote.Server(url=service.base_url), csv_path, screen, variants="s=64:avif")
+    assert code == OK
+    with service.client() as client:
+        listed = client.get("/requests").json()["requests"]
+    (request,) = [r for r in listed if r["variants"][0]["spec"] == "s=64x64:inside:avif"]
+    made = request["variants"][0]["bytes_out"]
+    shown_size = f"{made:,} B" if made < 1000 else f"{made / 1000:,.1f} KB"
+    summary = " ".join(shown.getvalue().replace("│", " ").split())
+    assert f"variant s=64x64:inside:avif {shown_size}" in summary
 
 
 def test_some_images_failed_exits_1_listing_them_and_counting_the_rest(
