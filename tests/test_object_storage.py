@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.services import Service, ServiceFactory
 from tests.plugins.stores import Bucket
 from tests.products import products_csv
-from tests.scale_out import running_scale_out
+from tests.scale_out import ScaleOut, running_scale_out
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -150,16 +151,15 @@ def waiting(service: Service, request_id: str) -> bool:
     return str(service.status(request_id).get("waiting") or "").startswith("storage unavailable")
 
 
-def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
+@contextmanager
+def on_bucket(
     make_service: ServiceFactory,
+    tmp_path: Path,
     bucket: Bucket,
     postgres: servers.Postgres,
     redis_server: servers.Redis,
-    image_server: ImageServer,
-    tmp_path: Path,
-    origin_delay: OriginDelay,
-) -> None:
-    urls = image_server.photo_urls(120, tag="s3-scale-")
+) -> Iterator[ScaleOut]:
+    """Scale-out (PostgreSQL, Redis, Celery workers) storing in the bucket, no folder shared."""
     with running_scale_out(
         make_service,
         tmp_path,
@@ -170,6 +170,20 @@ def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
         settings=bucket.settings() | {"webhook_secret": new_secret()},
         own_folders=True,
     ) as deployment:
+        yield deployment
+
+
+def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
+    make_service: ServiceFactory,
+    bucket: Bucket,
+    postgres: servers.Postgres,
+    redis_server: servers.Redis,
+    image_server: ImageServer,
+    tmp_path: Path,
+    origin_delay: OriginDelay,
+) -> None:
+    urls = image_server.photo_urls(120, tag="s3-scale-")
+    with on_bucket(make_service, tmp_path, bucket, postgres, redis_server) as deployment:
         api = deployment.api
         origin_delay(0.02)
         request_id = api.upload(products_csv(urls)).json()["request_id"]
@@ -198,15 +212,7 @@ def test_scale_out_on_a_bucket_makes_every_variant_with_its_content_type(
     tmp_path: Path,
 ) -> None:
     urls = image_server.photo_urls(3, tag="s3-variants-")
-    with running_scale_out(
-        make_service,
-        tmp_path,
-        database_url=postgres.new_database(),
-        broker_url=servers.REDIS_URL,
-        key_prefix=redis_server.new_prefix(),
-        settings=bucket.settings() | {"webhook_secret": new_secret()},
-        own_folders=True,
-    ) as deployment:
+    with on_bucket(make_service, tmp_path, bucket, postgres, redis_server) as deployment:
         api = deployment.api
         variants = "zoom=2000:jpeg, listing=800:avif, thumb=200x200:pad:webp"
         response = api.upload(products_csv(urls), variants=variants)
