@@ -253,7 +253,7 @@ class _Planned:
 # target remains, then resamples the rest with lanczos3. Its default leaves up to 2x to lanczos
 # (sharper, and dearer). Where the picture was decoded smaller already (shrink-on-load), that
 # is what's left; where several variants share one full-size decode, a box to within 1x of
-# each keeps the cascade cheap (bench/throughput.py --variants).
+# each keeps the cascade cheap (bench/throughput.py --variants-only).
 _GAP = 2.0
 _CASCADE_GAP = 1.0
 
