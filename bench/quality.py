@@ -1,13 +1,18 @@
 """Quality benchmark: bytes against perceptual quality for every encoder setting imgcrunch offers.
 
-Each setting compresses each photo at several qualities; SSIMULACRA2 (tests/ssimulacra2.py, a
-port of libjxl's) scores the result against the photo it came from. Beside imgcrunch's effort
-levels, in the same run: the usual approach (Pillow), the bare library (libvips with standard
-tables), imgcrunch before effort levels (standard tables, Huffman optimisation) and jpegli.
+`quality` means the look of standard libjpeg at that quality in every format (issue 23). Each
+setting compresses each photo at several qualities; SSIMULACRA2 (tests/ssimulacra2.py, a port
+of libjxl's) scores the result against the photo it came from. The photos are the catalog's
+(../shared/corpus/catalog): product shots for the curves and targets, one half of them and of
+its textures to fit the calibration tables, the other half to check them. Beside imgcrunch's
+JPEG, WebP and AVIF efforts, in the same run: the usual approach (Pillow), the bare library
+(libvips with standard tables), imgcrunch before effort levels (standard tables, Huffman
+optimisation) and jpegli.
 
-    .venv/bin/python bench/quality.py              # the table, the targets, the plot
-    .venv/bin/python bench/quality.py --calibrate  # fit each effort's quality-to-Q table
-    .venv/bin/python bench/quality.py --search     # every table and option libvips offers
+    .venv/bin/python bench/quality.py              # the curves, the targets, the check, the plot
+    .venv/bin/python bench/quality.py --formats    # choose WebP's and AVIF's settings per effort
+    .venv/bin/python bench/quality.py --calibrate  # fit every format's quality-to-Q tables
+    .venv/bin/python bench/quality.py --search     # every JPEG table and option libvips offers
 
 bench/README.md explains the output.
 """
@@ -36,7 +41,9 @@ import pyvips
 from PIL import Image
 
 from imgcrunch import codec
-from imgcrunch.imaging import jpeg
+from imgcrunch.imaging import avif, jpeg, webp
+from imgcrunch.imaging.formats import Format
+from imgcrunch.imaging.variants import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the metric lives beside the tests that hold it to libjxl's
@@ -48,6 +55,15 @@ REPO_PHOTOS = "tests/data/photos"
 # on which the calibration is fitted. The enlarged ones are smoother than most photos are.
 SHARED_ORIGINALS = "../shared/corpus/originals"
 HOLDOUT = "tests/data/holdout"  # never used to fit the calibration
+# Real photos at their own size (issue 23): 14 product shots first in the README's table, then
+# 14 hard textures. Every other one of each kind fits the tables; the rest check them.
+CATALOG = "../shared/corpus/catalog"
+CATALOG_README = "../shared/corpus/README.md"
+CATALOG_PRODUCTS = 14
+# The metric costs ~1.5 s of CPU a megapixel: at their own size (up to 2400 px) the catalog's
+# photos cost some 5 times as much as reduced to 1024 px, as the tables were fitted.
+MAX_SIDE = 1024
+SCORE_CACHE = "scores-cache.json"  # in RESULTS: score by photo and output, both by SHA-256
 RESULTS = ROOT / "bench" / "results"
 
 QUALITIES = (30, 40, 50, 60, 70, 80, 90)  # the curves
@@ -55,15 +71,20 @@ CHECKED = (30, 50, 70, 90)  # the calibration, on the held-out photos and the co
 ANCHORS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # calibration points (1 and 100 are fixed)
 REFERENCE_QUALITY = 50
 # Targets (issue 14), against Pillow at quality 50 in the same run:
-QUALITY_SLACK = 0.5  # mean SSIMULACRA2 may be this much below the reference's
-BYTES_TARGET = {codec.Effort.BALANCED: 0.85, codec.Effort.MAX: 0.75}
-BALANCED_CPU_TARGET = 0.70  # of imgcrunch before effort levels
+# Targets (issue 23), on the catalog's product shots, in the same run:
+BYTES_TARGET = {codec.Effort.BALANCED: 0.88, codec.Effort.MAX: 0.78}  # x Pillow q50's, its look
+BALANCED_CPU_TARGET = 1.0  # of imgcrunch before effort levels (standard tables, Huffman)
+# AVIF: x balanced JPEG's bytes at its quality 50 look, and its most CPU x balanced JPEG's.
+AVIF_TARGET: dict[codec.Effort, tuple[float, float | None]] = {
+    codec.Effort.BALANCED: (0.72, 8.0),
+    codec.Effort.MAX: (0.58, None),
+}
 # How far an effort's look at quality N may be from standard libjpeg's at N, in steps of
 # quality: the standard's own gain in mean SSIMULACRA2 per step there (~1 point at 30, ~0.5 at
 # 50). Balanced must be within it either way on the held-out photos; no effort may be further
 # below on any set.
 CALIBRATION_BAND = 2.0
-TIMING_ROUNDS = 9
+TIMING_ROUNDS = 5
 
 
 class BenchError(Exception):
@@ -117,6 +138,70 @@ def fitting_sets() -> tuple[PhotoSet, PhotoSet]:
     )
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """../shared/corpus/catalog in its README's order, each photo at most `max_side` pixels on
+    its longest side (0: at its own size), split into the half that fits and the half held out."""
+
+    products: PhotoSet
+    fit: PhotoSet
+    held_out: PhotoSet
+
+
+def _catalog_names() -> list[str]:
+    """The catalog's files in the order of the README's table: product shots first."""
+    readme = (ROOT / CATALOG_README).read_text()
+    section = readme[readme.index("## `catalog/`") :]
+    names = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].endswith(".jpg"):
+            names.append(cells[0])
+    return names
+
+
+def _subset(photos: PhotoSet, indices: Iterable[int], label: str) -> PhotoSet:
+    chosen = list(indices)
+    return PhotoSet(label, [photos.names[i] for i in chosen], [photos.data[i] for i in chosen])
+
+
+def load_catalog(max_side: int) -> Catalog:
+    folder = ROOT / CATALOG
+    names = _catalog_names()
+    if not names or not folder.is_dir():
+        raise BenchError(f"no catalog photos in {folder} (or no table in {CATALOG_README})")
+    data = []
+    for name in names:
+        raw = (folder / name).read_bytes()
+        image = pyvips.Image.new_from_buffer(raw, "")
+        if max_side and max(image.width, image.height) > max_side:
+            # As tests/data/catalog's copies are made: the metric costs ~1.5 s of CPU a
+            # megapixel, so the whole catalog at its own size is hours of fitting.
+            small = pyvips.Image.thumbnail_buffer(raw, max_side, size="down")
+            raw = bytes(small.jpegsave_buffer(Q=92, keep="none"))
+        data.append(raw)
+    size = f", at most {max_side} px" if max_side else ""
+    every = PhotoSet(f"{CATALOG}{size}", names, data)
+    products = range(CATALOG_PRODUCTS)
+    textures = range(CATALOG_PRODUCTS, len(names))
+    fit = [i for kind in (products, textures) for i in kind if (i - kind.start) % 2 == 0]
+    held = [i for i in range(len(names)) if i not in fit]
+    return Catalog(
+        products=_subset(every, products, f"{every.label}, product shots"),
+        fit=_subset(every, fit, f"{every.label}, fitting half"),
+        held_out=_subset(every, held, f"{every.label}, held-out half"),
+    )
+
+
+def grey_set(photos: PhotoSet) -> PhotoSet:
+    """The same photos in grey, as JPEG quality 92: what `grey_calibration` is fitted on."""
+    data = [
+        bytes(pyvips.Image.new_from_buffer(d, "").colourspace("b-w").jpegsave_buffer(Q=92))
+        for d in photos.data
+    ]
+    return PhotoSet(f"{photos.label} in grey", photos.names, data)
+
+
 def pixels(data: bytes) -> ssimulacra2.Pixels:
     """Decoded to 8-bit RGB, as a viewer shows it (a grey JPEG as three equal bands)."""
     image = pyvips.Image.new_from_buffer(data, "")
@@ -165,20 +250,37 @@ def _jpegli(data: bytes, quality: int) -> bytes:
     return bytes(pyjpegli.encode(image.write_to_memory(), image.width, image.height, quality))
 
 
-def _imgcrunch(effort: codec.Effort) -> Callable[[bytes, int], bytes]:
-    def encode(data: bytes, quality: int) -> bytes:
-        options = codec.CodecOptions(quality=quality, effort=effort)
-        return codec.compress(data, options).data
-
-    return encode
-
-
 def jpegli_available() -> bool:
     try:
         import pyjpegli  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def _decoded(data: bytes) -> Any:
+    image = pyvips.Image.new_from_buffer(data, "", access="sequential")
+    return image.colourspace("srgb") if image.bands < 3 else image
+
+
+def format_setting(encoder: Any, **extra: Any) -> Callable[[bytes, int], bytes]:
+    """A WebP or AVIF encoder at its own Q (not through its calibration), options overridden."""
+    save = "webpsave_buffer" if isinstance(encoder, webp.WebpEncoder) else "heifsave_buffer"
+
+    def encode(data: bytes, q: int) -> bytes:
+        options = encoder.save_options(50) | {"Q": q} | extra
+        return bytes(getattr(_decoded(data), save)(**options))
+
+    return encode
+
+
+def calibrated_format_setting(encoder: Any) -> Callable[[bytes, int], bytes]:
+    """A WebP or AVIF effort through its calibration, as the codec calls it."""
+
+    def encode(data: bytes, quality: int) -> bytes:
+        return bytes(encoder.save(_decoded(data), quality))
+
+    return encode
 
 
 def offered_settings() -> dict[str, Callable[[bytes, int], bytes]]:
@@ -189,16 +291,30 @@ def offered_settings() -> dict[str, Callable[[bytes, int], bytes]]:
         "pillow": _pillow,
         "libvips standard": lambda data, q: _libvips(data, Q=q),
         "imgcrunch before": _imgcrunch_before,
-        **{f"imgcrunch {e}": calibrated_setting(jpeg.ENCODERS[e]) for e in codec.Effort},
+        **{f"jpeg {e}": calibrated_setting(jpeg.ENCODERS[e]) for e in codec.Effort},
+        **{f"webp {e}": calibrated_format_setting(webp.ENCODERS[e]) for e in codec.Effort},
+        **{f"avif {e}": calibrated_format_setting(avif.ENCODERS[e]) for e in codec.Effort},
     }
     if jpegli_available():
         settings["jpegli"] = _jpegli
     return settings
 
 
+def _through_codec(fmt: Format, effort: codec.Effort) -> Callable[[bytes, int], bytes]:
+    variants = (Variant(name="output", format=fmt),)
+
+    def encode(data: bytes, quality: int) -> bytes:
+        options = codec.CodecOptions(quality=quality, effort=effort, variants=variants)
+        return codec.compress(data, options).data
+
+    return encode
+
+
 def timed_settings() -> dict[str, Callable[[bytes, int], bytes]]:
     """The same, with imgcrunch's efforts through its codec itself: policy, checks and all."""
-    return offered_settings() | {f"imgcrunch {e}": _imgcrunch(e) for e in codec.Effort}
+    return offered_settings() | {
+        f"{fmt} {e}": _through_codec(fmt, e) for fmt in Format for e in codec.Effort
+    }
 
 
 SETTING_NOTES = {
@@ -206,8 +322,8 @@ SETTING_NOTES = {
     "libvips standard": "libvips, standard tables, no Huffman optimisation: the bare library",
     "imgcrunch before": "imgcrunch's codec before effort levels: standard tables, Huffman "
     "optimisation",
-    "imgcrunch balanced": "the default effort",
-    "imgcrunch max": "effort=max",
+    "jpeg balanced": "the default effort",
+    "jpeg max": "effort=max",
     "jpegli": "pyjpegli on pixels decoded by libvips (a reference, not offered)",
 }
 
@@ -242,7 +358,8 @@ class Job:
     photo: int
     data: bytes
     cases: list[tuple[str, int]]  # setting name, quality (or Q)
-    settings: str  # which family of settings: "offered", "search" or "calibrate"
+    settings: str  # which family of settings: "offered", "search", "calibrate" or "formats"
+    known: dict[str, float] = field(default_factory=dict)  # output's SHA-256 -> score
 
 
 def _family(name: str) -> dict[str, Callable[[bytes, int], bytes]]:
@@ -250,6 +367,7 @@ def _family(name: str) -> dict[str, Callable[[bytes, int], bytes]]:
         "offered": offered_settings,
         "search": search_settings,
         "calibrate": calibration_settings,
+        "formats": format_search_settings,
     }
     return families[name]()
 
@@ -267,15 +385,50 @@ def _reference(data: bytes) -> ssimulacra2.Reference:
     return _REFERENCES[key]
 
 
-def score_job(job: Job) -> tuple[int, list[tuple[str, int, int, float]]]:
+def score_job(job: Job) -> tuple[int, list[tuple[str, int, int, float, str]]]:
+    """Each case's bytes and score; a score is taken from `known` when the same output of the
+    same photo was scored before (the metric is a pure function of the two)."""
     codec.configure(concurrency=1)
     settings = _family(job.settings)
-    reference = _reference(job.data)
     results = []
     for name, quality in job.cases:
         encoded = settings[name](job.data, quality)
-        results.append((name, quality, len(encoded), reference.score(pixels(encoded))))
+        digest = hashlib.sha256(encoded).hexdigest()
+        score = job.known.get(digest)
+        if score is None:
+            score = _reference(job.data).score(pixels(encoded))
+        results.append((name, quality, len(encoded), score, digest))
     return job.photo, results
+
+
+class ScoreCache:
+    """Scores kept between runs in bench/results, by photo and output (SHA-256 of each)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.scores: dict[str, dict[str, float]] = {}
+        if path.exists():
+            self.scores = json.loads(path.read_text())
+
+    def known(self, photo: bytes) -> dict[str, float]:
+        return self.scores.get(hashlib.sha256(photo).hexdigest(), {})
+
+    def add(self, photo: bytes, digest: str, score: float) -> None:
+        self.scores.setdefault(hashlib.sha256(photo).hexdigest(), {})[digest] = score
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.scores))
+
+
+_CACHE: ScoreCache | None = None
+
+
+def _cache() -> ScoreCache:
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = ScoreCache(RESULTS / SCORE_CACHE)
+    return _CACHE
 
 
 @dataclass
@@ -302,11 +455,16 @@ def worker_pool(workers: int) -> Pool:
 def score_all(
     pool: Pool, photos: PhotoSet, cases: Sequence[tuple[str, int]], family: str
 ) -> Scores:
-    jobs = [Job(n, data, list(cases), family) for n, data in enumerate(photos.data)]
+    cache = _cache()
+    jobs = [
+        Job(n, data, list(cases), family, cache.known(data)) for n, data in enumerate(photos.data)
+    ]
     scores = Scores()
-    for _, results in pool.imap_unordered(score_job, jobs):
-        for name, quality, size, score in results:
+    for n, results in pool.imap_unordered(score_job, jobs):
+        for name, quality, size, score, digest in results:
             scores.add(name, quality, size, score)
+            cache.add(photos.data[n], digest, score)
+    cache.save()
     return scores
 
 
@@ -335,46 +493,38 @@ def cpu_ms_per_image(
 @dataclass
 class Report:
     photos: str
-    holdout: str
+    checked_on: list[str]
     cores: int
     rows: list[dict[str, Any]] = field(default_factory=list)  # setting, quality, bytes, score
     calibration: list[dict[str, Any]] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
-    # Per effort: the lowest quality whose mean score reaches Pillow quality 50's (less the
-    # slack), with its bytes: the effort's bytes at the reference's look.
-    at_reference_look: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per setting: its bytes interpolated at Pillow quality 50's mean score (JPEG's targets),
+    # and at balanced JPEG quality 50's (the other formats' targets).
+    at_pillow_look: dict[str, float] = field(default_factory=dict)
+    at_balanced_look: dict[str, float] = field(default_factory=dict)
     targets: dict[str, bool] = field(default_factory=dict)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
+FORMAT_EFFORTS = [f"{fmt} {effort}" for fmt in Format for effort in codec.Effort]
+
+
 def run_offered(args: argparse.Namespace) -> tuple[Report, Path]:
-    photos = load_set(SHARED_PHOTOS, REPO_PHOTOS)
+    catalog = load_catalog(args.max_side)
+    photos = catalog.products
     holdout = load_set(HOLDOUT)
+    check_sets = [catalog.held_out, holdout.only(grey=False), holdout.only(grey=True)]
     settings = offered_settings()
-    report = Report(photos.label, holdout.label, args.workers)
+    report = Report(photos.label, [s.label for s in check_sets], args.workers)
     _say(f"imgcrunch quality bench  (photos: {photos.label}, {len(photos.names)} JPEGs)")
     cases = [(name, q) for name in settings for q in QUALITIES]
-    efforts = [f"imgcrunch {effort}" for effort in codec.Effort]
     # The standard either side of each checked quality too: its slope there is the step.
     around = sorted({min(100, q + d) for q in CHECKED for d in (-10, 0, 10)})
     check_cases = [("libvips standard", q) for q in around]
-    check_cases += [(name, q) for name in efforts for q in CHECKED]
+    check_cases += [(name, q) for name in FORMAT_EFFORTS for q in CHECKED]
     with worker_pool(args.workers) as pool:
         scores = score_all(pool, photos, cases, "offered")
-        reference_bytes = scores.bytes("pillow", REFERENCE_QUALITY)
-        reference_score = scores.mean("pillow", REFERENCE_QUALITY)
-        floor = reference_score - QUALITY_SLACK
-        for effort in efforts:
-            quality, found = _lowest_quality_reaching(pool, photos, effort, floor, scores)
-            report.at_reference_look[effort] = {
-                "quality": quality,
-                "bytes": found.bytes(effort, quality),
-                "ssimulacra2": found.mean(effort, quality),
-            }
-        checked = {
-            kind.label: score_all(pool, kind, check_cases, "offered")
-            for kind in (holdout.only(grey=False), holdout.only(grey=True), photos)
-        }
+        checked = {kind.label: score_all(pool, kind, check_cases, "offered") for kind in check_sets}
     for name, q in cases:
         report.rows.append(
             {
@@ -384,28 +534,33 @@ def run_offered(args: argparse.Namespace) -> tuple[Report, Path]:
                 "ssimulacra2": scores.mean(name, q),
             }
         )
+    reference_bytes = scores.bytes("pillow", REFERENCE_QUALITY)
+    pillow_look = scores.mean("pillow", REFERENCE_QUALITY)
+    balanced_look = scores.mean(f"jpeg {codec.Effort.BALANCED}", REFERENCE_QUALITY)
+    for name in settings:
+        report.at_pillow_look[name] = _bytes_at(report.rows, name, pillow_look)
+        report.at_balanced_look[name] = _bytes_at(report.rows, name, balanced_look)
     report.cpu_ms = cpu_ms_per_image(photos, timed_settings(), REFERENCE_QUALITY)
     for line in table_lines(report, reference_bytes):
         _say(line)
-
     for label, photo_scores in checked.items():
-        for effort in efforts:
+        for setting in FORMAT_EFFORTS:
             for q in CHECKED:
                 standard = photo_scores.mean("libvips standard", q)
-                difference = photo_scores.mean(effort, q) - standard
+                difference = photo_scores.mean(setting, q) - standard
                 report.calibration.append(
                     {
                         "set": label,
-                        "held_out": label != photos.label,
-                        "effort": effort,
+                        "setting": setting,
                         "quality": q,
+                        "standard": standard,
                         "difference": difference,
                         "steps": difference / _step(photo_scores, q),
                     }
                 )
     for line in calibration_lines(report):
         _say(line)
-    for line in target_lines(report, reference_bytes, reference_score):
+    for line in target_lines(report, reference_bytes, pillow_look, balanced_look):
         _say(line)
     plot = plot_curves(report.rows, reference_bytes, RESULTS / "quality.png", "imgcrunch settings")
     _say(f"plot written to {_shown(plot)}")
@@ -428,8 +583,21 @@ def table_lines(report: Report, reference_bytes: int) -> list[str]:
         lines.append(f"{name:20}{report.cpu_ms.get(name, float('nan')):8.1f}  {cells}")
     lines.append(
         f"(CPU ms: process CPU per image on one thread at quality {REFERENCE_QUALITY}, decode "
-        f"and encode, median of {TIMING_ROUNDS} interleaved rounds)"
+        f"and encode, the efforts through the codec, median of {TIMING_ROUNDS} interleaved "
+        "rounds)"
     )
+    balanced = f"jpeg {codec.Effort.BALANCED}"
+    lines.append(
+        "at equal look (bytes interpolated on each curve): x Pillow quality "
+        f"{REFERENCE_QUALITY}'s bytes at its look; x balanced JPEG's at its quality "
+        f"{REFERENCE_QUALITY} look; CPU x balanced JPEG's"
+    )
+    for name in names:
+        lines.append(
+            f"  {name:20}{report.at_pillow_look[name] / reference_bytes:7.3f}x"
+            f"{report.at_balanced_look[name] / report.at_balanced_look[balanced]:8.3f}x"
+            f"{report.cpu_ms.get(name, float('nan')) / report.cpu_ms[balanced]:8.1f}x"
+        )
     return lines
 
 
@@ -442,87 +610,90 @@ def _step(scores: Scores, quality: int) -> float:
 
 def calibration_lines(report: Report) -> list[str]:
     lines = [
-        "calibration: mean SSIMULACRA2 of each effort minus standard libjpeg's at the same "
-        "quality [in steps of quality]; the corpus enlarged to 1600x1200 is smoother than photos"
+        "calibration: mean SSIMULACRA2 of each format and effort minus standard libjpeg's at "
+        "the same quality [in steps of quality], on photos not fitted to"
     ]
     for label in dict.fromkeys(row["set"] for row in report.calibration):
-        for effort in dict.fromkeys(row["effort"] for row in report.calibration):
+        lines.append(
+            f"  {label}: standard libjpeg "
+            + "  ".join(
+                f"q{row['quality']} {row['standard']:5.2f}"
+                for row in report.calibration
+                if row["set"] == label and row["setting"] == FORMAT_EFFORTS[0]
+            )
+        )
+        for setting in FORMAT_EFFORTS:
             cells = "  ".join(
                 f"q{row['quality']} {row['difference']:+5.2f} [{row['steps']:+4.1f}]"
                 for row in report.calibration
-                if row["set"] == label and row["effort"] == effort
+                if row["set"] == label and row["setting"] == setting
             )
-            lines.append(f"  {label:28} {effort:19} {cells}")
+            lines.append(f"    {setting:14} {cells}")
     return lines
 
 
-def _lowest_quality_reaching(
-    pool: Pool, photos: PhotoSet, name: str, floor: float, curve: Scores
-) -> tuple[int, Scores]:
-    """The lowest quality at which the setting's mean score is at least `floor`, between the
-    curve's two points around it (halving the gap; scores rise with quality)."""
-    below = max((q for q in QUALITIES if curve.mean(name, q) < floor), default=0)
-    reached = min(q for q in QUALITIES if curve.mean(name, q) >= floor)
-    found = curve
-    while reached - below > 1:
-        middle = (below + reached) // 2
-        probe = score_all(pool, photos, [(name, middle)], "offered")
-        if probe.mean(name, middle) >= floor:
-            reached, found = middle, probe
-        else:
-            below = middle
-    return reached, found
-
-
-def target_lines(report: Report, reference_bytes: int, reference_score: float) -> list[str]:
+def target_lines(
+    report: Report, reference_bytes: int, pillow_look: float, balanced_look: float
+) -> list[str]:
     # Bytes are compared at the same look, never at the same quality number: what a number
     # gives depends on the tables (the guide's rule, and issue 14's).
-    floor = reference_score - QUALITY_SLACK
     lines = []
+    cpu = report.cpu_ms
+    balanced = f"jpeg {codec.Effort.BALANCED}"
     for effort, bytes_target in BYTES_TARGET.items():
-        name = f"imgcrunch {effort}"
-        found = report.at_reference_look[name]
-        share = found["bytes"] / reference_bytes
+        name = f"jpeg {effort}"
+        share = report.at_pillow_look[name] / reference_bytes
         met = share <= bytes_target
-        report.targets[f"{effort}_bytes_at_reference_look"] = met
-        at_50 = next(
-            r for r in report.rows if r["setting"] == name and r["quality"] == REFERENCE_QUALITY
-        )
+        report.targets[f"jpeg_{effort}_bytes"] = met
         lines.append(
-            f"target: {effort}, bytes <= {bytes_target:.2f}x Pillow's at its look (SSIMULACRA2 "
-            f">= {floor:.2f}: Pillow quality {REFERENCE_QUALITY}'s {reference_score:.2f} - "
-            f"{QUALITY_SLACK}) : {_met(met)} (quality {found['quality']:.0f}: "
-            f"{found['ssimulacra2']:.2f}, {share:.3f}x; at quality {REFERENCE_QUALITY} itself "
-            f"{at_50['ssimulacra2']:.2f}, {at_50['bytes'] / reference_bytes:.3f}x)"
+            f"target: JPEG {effort}, bytes <= {bytes_target:.2f}x Pillow's at Pillow quality "
+            f"{REFERENCE_QUALITY}'s look ({pillow_look:.2f}), product shots : {_met(met)} "
+            f"({share:.3f}x)"
         )
-    cpu = report.cpu_ms["imgcrunch balanced"] / report.cpu_ms["imgcrunch before"]
-    met = cpu <= BALANCED_CPU_TARGET
-    report.targets["balanced_cpu"] = met
+    share = cpu[balanced] / cpu["imgcrunch before"]
+    met = share <= BALANCED_CPU_TARGET
+    report.targets["jpeg_balanced_cpu"] = met
     lines.append(
-        f"target: balanced codec CPU per image <= {BALANCED_CPU_TARGET:.0%} of imgcrunch "
-        f"before : {_met(met)} ({cpu:.0%})"
+        f"target: JPEG balanced codec CPU <= {BALANCED_CPU_TARGET:.0%} of imgcrunch before "
+        f"(standard tables, Huffman optimisation) : {_met(met)} ({share:.0%}: "
+        f"{cpu[balanced]:.1f} against {cpu['imgcrunch before']:.1f} ms)"
     )
-    held = [
-        row
-        for row in report.calibration
-        if row["held_out"] and row["effort"] == f"imgcrunch {codec.Effort.BALANCED}"
-    ]
-    furthest = max(held, key=lambda row: abs(row["steps"]))
-    met = abs(furthest["steps"]) <= CALIBRATION_BAND
-    report.targets["calibration_held_out"] = met
-    lines.append(
-        f"target: balanced looks like standard libjpeg at the same quality +-{CALIBRATION_BAND:g}"
-        f" steps, on photos it was not fitted to : {_met(met)} (furthest: q"
-        f"{furthest['quality']} on {furthest['set']}, {furthest['steps']:+.1f})"
-    )
-    lowest = min(report.calibration, key=lambda row: row["steps"])
-    met = lowest["steps"] >= -CALIBRATION_BAND
-    report.targets["calibration_never_worse"] = met
-    lines.append(
-        f"target: no effort looks worse than standard libjpeg at the same quality by more than "
-        f"{CALIBRATION_BAND:g} steps, on any set : {_met(met)} (lowest: {lowest['effort']} at q"
-        f"{lowest['quality']} on {lowest['set']}, {lowest['steps']:+.1f})"
-    )
+    for effort, (bytes_target, cpu_target) in AVIF_TARGET.items():
+        name = f"avif {effort}"
+        share = report.at_balanced_look[name] / report.at_balanced_look[balanced]
+        cost = cpu[name] / cpu[balanced]
+        met = share <= bytes_target and (cpu_target is None or cost <= cpu_target)
+        report.targets[f"avif_{effort}"] = met
+        limit = f", CPU <= {cpu_target:g}x" if cpu_target else ""
+        lines.append(
+            f"target: AVIF {effort}, bytes <= {bytes_target:.2f}x balanced JPEG's at its "
+            f"quality {REFERENCE_QUALITY} look ({balanced_look:.2f}){limit} : {_met(met)} "
+            f"({share:.3f}x, CPU {cost:.1f}x)"
+        )
+    for effort in codec.Effort:
+        name = f"webp {effort}"
+        share = report.at_balanced_look[name] / report.at_balanced_look[balanced]
+        lines.append(
+            f"WebP {effort} (no target): {share:.3f}x balanced JPEG's bytes at its quality "
+            f"{REFERENCE_QUALITY} look, CPU {cpu[name] / cpu[balanced]:.1f}x"
+        )
+    # Balanced, the default, must look like the standard either way; max may look better (its
+    # tables are fitted to look no worse on average), never worse. Every set is held out.
+    for label in dict.fromkeys(row["set"] for row in report.calibration):
+        rows = [r for r in report.calibration if r["set"] == label]
+        held = [r for r in rows if r["setting"].endswith(str(codec.Effort.BALANCED))]
+        furthest = max(held, key=lambda row: abs(row["steps"]))
+        lowest = min(rows, key=lambda row: row["steps"])
+        met = abs(furthest["steps"]) <= CALIBRATION_BAND and lowest["steps"] >= -CALIBRATION_BAND
+        report.targets[f"calibration {label}"] = met
+        lines.append(
+            f"target: on {label}, each balanced looks like standard libjpeg at the same quality "
+            f"+-{CALIBRATION_BAND:g} steps, and no effort worse by more : {_met(met)} (balanced "
+            f"furthest: {furthest['setting']} q{furthest['quality']} "
+            f"{furthest['difference']:+.2f} [{furthest['steps']:+.1f}]; lowest: "
+            f"{lowest['setting']} q{lowest['quality']} {lowest['difference']:+.2f} "
+            f"[{lowest['steps']:+.1f}])"
+        )
     return lines
 
 
@@ -553,62 +724,85 @@ def plot_curves(
 
 # --- --calibrate: fit each effort's table of quality to Q --------------------------------------
 
+# The Qs each setting is scored at; each anchor's Q is interpolated between the two around it
+# (a search of every Q at every anchor would cost several times as much, AVIF most). Each grid
+# holds --formats' Qs, whose scores are then in the cache already.
+GRID_QS = {
+    "jpeg": (5, 15, 25, 35, 45, 55, 65, 75, 85, 95),
+    "webp": (10, 20, 30, 40, 50, 60, 72, 84, 92, 98),
+    "avif": (6, 16, 26, 36, 46, 56, 66, 76, 86, 96),
+}
+
 
 def calibration_settings() -> dict[str, Callable[[bytes, int], bytes]]:
     settings = {"standard": lambda data, q: _libvips(data, Q=q)}
     for effort, encoder in jpeg.ENCODERS.items():
-        settings[str(effort)] = encoder_setting(encoder)
+        settings[f"jpeg {effort}"] = encoder_setting(encoder)
+        settings[f"jpeg {effort} grey"] = encoder_setting(encoder)  # the same, on grey photos
+    for module in (webp, avif):
+        for effort, other in module.ENCODERS.items():
+            settings[f"{module.EXTENSION} {effort}"] = format_setting(other)
     return settings
 
 
 def run_calibrate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    """At each anchor quality, the Q whose mean score is nearest standard libjpeg's there: on
-    colour photos for `calibration`, on the same in grey for `grey_calibration`."""
-    fitted: dict[str, Any] = {str(effort): {} for effort in jpeg.ENCODERS}
+    """At each anchor quality, the Q whose mean score is standard libjpeg's there, interpolated
+    between the grid's Qs: every format and effort on the catalog's fitting half (JPEG in grey
+    too), or JPEG alone on the corpus's originals (`--on originals`, the tables of 2026-12-01)."""
+    if args.on == "originals":
+        colour, grey = fitting_sets()
+        colour_names = [f"jpeg {e}" for e in codec.Effort]
+    else:
+        colour = load_catalog(args.max_side).fit
+        grey = grey_set(colour)
+        colour_names = [f"{fmt} {e}" for fmt in ("jpeg", "webp", "avif") for e in codec.Effort]
+    grey_names = [f"jpeg {e} grey" for e in codec.Effort]
+    fitted: dict[str, Any] = {"photos": colour.label, "names": colour.names, "tables": {}}
     with worker_pool(args.workers) as pool:
-        for kind, photos in zip(("calibration", "grey_calibration"), fitting_sets(), strict=True):
+        for kind, photos, names in (
+            ("calibration", colour, colour_names),
+            ("grey_calibration", grey, grey_names),
+        ):
             _say(f"calibrating on {photos.label} ({len(photos.names)} JPEGs)")
-            standard = score_all(pool, photos, [("standard", q) for q in ANCHORS], "calibrate")
-            for effort in jpeg.ENCODERS:
-                points = _fit(pool, photos, str(effort), standard)
-                fitted[str(effort)][kind] = points
-                _say(f"{effort}: {kind}={tuple(points)}")
-    return fitted, RESULTS / "calibration-latest.json"
+            cases = [("standard", q) for q in ANCHORS]
+            cases += [(n, q) for n in names for q in GRID_QS[n.split(" ")[0]]]
+            scores = score_all(pool, photos, cases, "calibrate")
+            targets = {q: scores.mean("standard", q) for q in ANCHORS}
+            for name in names:
+                curve = {q: scores.mean(name, q) for q in GRID_QS[name.split(" ")[0]]}
+                points = _fit(curve, targets)
+                setting = name.removesuffix(" grey")
+                fitted["tables"].setdefault(setting, {})[kind] = points
+                fitted["tables"][setting][f"{kind}_scores"] = {
+                    "standard": targets,
+                    "grid": curve,
+                }
+                _say(f"{setting}: {kind}={tuple(points)}")
+                _say(
+                    "  standard: "
+                    + " ".join(f"q{q} {s:5.1f}" for q, s in targets.items())
+                    + f"\n  {setting} by Q: "
+                    + " ".join(f"Q{q} {s:5.1f}" for q, s in curve.items())
+                )
+    return fitted, RESULTS / f"calibration-{args.on}-latest.json"
 
 
-def _fit(pool: Pool, photos: PhotoSet, effort: str, standard: Scores) -> list[tuple[int, int]]:
+def _fit(curve: dict[int, float], targets: dict[int, float]) -> list[tuple[int, int]]:
+    """Each anchor's Q: where the setting's mean score (by Q, rising) meets the standard's, by
+    linear interpolation between grid points (extrapolated at the ends), in 1..100, and never
+    lower than the anchor before it."""
+    grid = sorted(curve.items())
     points: list[tuple[int, int]] = [(1, 1)]
-    for quality in ANCHORS:
-        target = standard.mean("standard", quality)
-        # Start where the last point's ratio of Q to quality says; it moves slowly.
-        guess = round(quality * points[-1][1] / points[-1][0])
-        q, score = _nearest_q(pool, photos, effort, target, guess)
-        points.append((quality, q))
-        _say(f"  {effort:9} quality {quality:3}: standard {target:6.2f} -> Q {q} ({score:6.2f})")
+    for quality, target in targets.items():
+        pairs = list(itertools.pairwise(grid))
+        chosen = next(((a, b) for a, b in pairs if a[1] <= target <= b[1]), None)
+        if chosen is None:
+            chosen = pairs[0] if target < grid[0][1] else pairs[-1]
+        (q0, s0), (q1, s1) = chosen
+        q = q0 + (q1 - q0) * (target - s0) / (s1 - s0) if s1 != s0 else q0
+        points.append((quality, max(points[-1][1], 1, min(100, round(q)))))
     points.append((100, 100))
     return points
-
-
-def _nearest_q(
-    pool: Pool, photos: PhotoSet, effort: str, target: float, guess: int
-) -> tuple[int, float]:
-    """The Q (and its mean score) nearest the target, of the two either side of it."""
-    seen: dict[int, float] = {}
-
-    def mean_at(q: int) -> float:
-        if q not in seen:
-            seen[q] = score_all(pool, photos, [(effort, q)], "calibrate").mean(effort, q)
-        return seen[q]
-
-    q = max(1, min(guess, 100))
-    while q < 100 and mean_at(q) < target:
-        q += 1
-    while q > 1 and mean_at(q - 1) >= target:
-        q -= 1
-    # q is the lowest reaching the target (scores rise with Q); q - 1 may be nearer to it.
-    if q > 1 and target - mean_at(q - 1) < mean_at(q) - target:
-        q -= 1
-    return q, mean_at(q)
 
 
 # --- --search: the whole space libvips offers -------------------------------------------------
@@ -689,6 +883,169 @@ def _bytes_at(rows: Iterable[dict[str, Any]], name: str, target: float) -> float
     return b0 + (b1 - b0) * (target - s0) / (s1 - s0) if s1 != s0 else b0
 
 
+# --- --formats: each format's settings per effort, by measurement ------------------------------
+
+AVIF_EFFORTS = range(10)  # libvips' effort: aom's speed is 9 minus it
+WEBP_EFFORTS = range(7)  # libwebp's method
+WEBP_PRESETS = ("default", "photo", "picture")
+# The Qs each family is scored at, around standard libjpeg quality 50's look.
+FORMAT_QS = {"avif": (36, 46, 56), "webp": (60, 72, 84), "jpeg": (35, 45, 55)}
+# Settings slower than this, on the first photos, in multiples of balanced JPEG's CPU, are
+# timed but not scored: bytes weigh more than CPU, but not at any price (AVIF effort 4 spends
+# some 250x JPEG's CPU).
+FORMAT_CPU_CAP = 100.0
+FORMAT_TIMING_ROUNDS = 3
+# The CPU each effort may spend, in multiples of balanced JPEG's (issue 23: AVIF balanced at
+# most 8x; max as few bytes as the cap allows).
+EFFORT_CPU_LIMIT = {codec.Effort.BALANCED: 8.0, codec.Effort.MAX: FORMAT_CPU_CAP}
+
+
+def _avif_name(effort: int, subsample: str) -> str:
+    return f"avif e{effort} {'420' if subsample == 'on' else '444'}"
+
+
+def _webp_name(effort: int, smart: bool, preset: str) -> str:
+    return f"webp e{effort} {'smart' if smart else 'plain'} {preset}"
+
+
+def format_search_settings() -> dict[str, Callable[[bytes, int], bytes]]:
+    settings: dict[str, Callable[[bytes, int], bytes]] = {
+        "standard": lambda data, q: _libvips(data, Q=q),
+        **{f"jpeg {e}": encoder_setting(jpeg.ENCODERS[e]) for e in codec.Effort},
+    }
+    base_avif = avif.ENCODERS[codec.Effort.BALANCED]
+    for effort in AVIF_EFFORTS:
+        for subsample in ("on", "off"):
+            settings[_avif_name(effort, subsample)] = format_setting(
+                base_avif, effort=effort, subsample_mode=subsample
+            )
+    base_webp = webp.ENCODERS[codec.Effort.BALANCED]
+    for effort in WEBP_EFFORTS:
+        for smart in (False, True):
+            for preset in WEBP_PRESETS:
+                settings[_webp_name(effort, smart, preset)] = format_setting(
+                    base_webp, effort=effort, smart_subsample=smart, preset=preset
+                )
+    return settings
+
+
+def _family_qs(name: str) -> tuple[int, ...]:
+    return FORMAT_QS[name.split(" ")[0] if name != "standard" else "jpeg"]
+
+
+def _time_once(encode: Callable[[bytes, int], bytes], photos: Sequence[bytes], q: int) -> float:
+    started = time.process_time()
+    for data in photos:
+        encode(data, q)
+    return (time.process_time() - started) * 1000 / len(photos)
+
+
+def run_formats(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Score each candidate setting at three Qs on the catalog's fitting half, interpolate its
+    bytes at standard libjpeg quality 50's look, time it there, and pick each effort's."""
+    photos = load_catalog(args.max_side).fit
+    settings = format_search_settings()
+    jpeg_balanced = f"jpeg {codec.Effort.BALANCED}"
+    _say(f"imgcrunch format settings  (photos: {photos.label}, {len(photos.names)} JPEGs)")
+    # A first look at CPU, one round on two photos: which AVIF efforts are worth scoring.
+    probe = [photos.data[0], photos.data[-1]]
+    base = _time_once(settings[jpeg_balanced], probe, 45)
+    avif_efforts = []
+    for effort in AVIF_EFFORTS:
+        cost = _time_once(settings[_avif_name(effort, "on")], probe, 46) / base
+        _say(f"  probe: {_avif_name(effort, 'on')} {cost:6.1f}x balanced JPEG's CPU")
+        if cost > FORMAT_CPU_CAP:
+            _say(f"  AVIF effort {effort} and up: over {FORMAT_CPU_CAP:g}x, not scored")
+            break
+        avif_efforts.append(effort)
+    candidates = ["standard", *[f"jpeg {e}" for e in codec.Effort]]
+    candidates += [_avif_name(e, "on") for e in avif_efforts]
+    candidates += [_avif_name(e, "off") for e in (avif_efforts[0], avif_efforts[-1])]
+    candidates += [_webp_name(e, False, "default") for e in WEBP_EFFORTS]
+    candidates += [_webp_name(e, True, "default") for e in (2, 4, 6)]
+    candidates += [_webp_name(e, False, p) for e in (4, 6) for p in WEBP_PRESETS[1:]]
+    candidates = list(dict.fromkeys(candidates))
+    cases = [(name, q) for name in candidates for q in _family_qs(name)]
+    cases.append(("standard", REFERENCE_QUALITY))
+    with worker_pool(args.workers) as pool:
+        scores = score_all(pool, photos, cases, "formats")
+    reference_bytes = scores.bytes("standard", REFERENCE_QUALITY)
+    look = scores.mean("standard", REFERENCE_QUALITY)
+    rows: list[dict[str, Any]] = [
+        {"setting": n, "quality": q, "bytes": scores.bytes(n, q), "ssimulacra2": scores.mean(n, q)}
+        for n, q in dict.fromkeys(cases)
+    ]
+    at_look: dict[str, dict[str, float]] = {}
+    for name in candidates:
+        curve = [r for r in rows if r["setting"] == name]
+        q_rows = [{**r, "bytes": r["quality"]} for r in curve]  # Q against score, the same way
+        at_look[name] = {
+            "bytes": _bytes_at(curve, name, look),
+            "q": _bytes_at(q_rows, name, look),
+            "extrapolated": not min(r["ssimulacra2"] for r in curve)
+            <= look
+            <= max(r["ssimulacra2"] for r in curve),
+        }
+    # CPU per photo at each one's Q at the look, rounds interleaved, the median of each.
+    rounds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(FORMAT_TIMING_ROUNDS):
+        for name in candidates:
+            q = max(1, min(100, round(at_look[name]["q"])))
+            rounds[name].append(_time_once(settings[name], photos.data, q))
+    for name in candidates:
+        at_look[name]["cpu_ms"] = statistics.median(rounds[name])
+    base_cpu = at_look[jpeg_balanced]["cpu_ms"]
+    base_bytes = at_look[jpeg_balanced]["bytes"]
+    _say(
+        f"at standard libjpeg quality {REFERENCE_QUALITY}'s look (mean SSIMULACRA2 {look:.2f}; "
+        f"{reference_bytes:,} bytes), interpolated between each setting's Qs:"
+    )
+    _say(
+        f"{'setting':26}{'Q':>6}{'bytes':>9}{'x bal.JPEG':>11}{'CPU ms':>9}{'x bal.JPEG':>11}"
+        "   mean SSIMULACRA2 at its Qs"
+    )
+    for name in candidates:
+        found = at_look[name]
+        curve_text = "  ".join(f"Q{q} {scores.mean(name, q):5.1f}" for q in _family_qs(name))
+        flag = " (extrapolated)" if found["extrapolated"] else ""
+        _say(
+            f"{name:26}{found['q']:6.1f}{found['bytes'] / reference_bytes:8.3f}x"
+            f"{found['bytes'] / base_bytes:10.3f}x{found['cpu_ms']:9.1f}"
+            f"{found['cpu_ms'] / base_cpu:10.1f}x   {curve_text}{flag}"
+        )
+    choices: dict[str, dict[str, str]] = {}
+    for fmt in ("avif", "webp"):
+        for level, limit in EFFORT_CPU_LIMIT.items():
+            allowed = [
+                n
+                for n in candidates
+                if n.startswith(fmt) and at_look[n]["cpu_ms"] <= limit * base_cpu
+            ]
+            if not allowed:
+                _say(f"choice: {fmt} {level}: nothing within {limit:g}x balanced JPEG's CPU")
+                continue
+            best = min(allowed, key=lambda n: at_look[n]["bytes"])
+            choices.setdefault(fmt, {})[str(level)] = best
+            _say(
+                f"choice: {fmt} {level}: {best} (fewest bytes within {limit:g}x balanced "
+                f"JPEG's CPU: {at_look[best]['bytes'] / base_bytes:.3f}x its bytes, "
+                f"{at_look[best]['cpu_ms'] / base_cpu:.1f}x its CPU)"
+            )
+    plot = plot_curves(rows, reference_bytes, RESULTS / "quality-formats.png", "format settings")
+    _say(f"plot written to {_shown(plot)}")
+    content = {
+        "photos": photos.label,
+        "names": photos.names,
+        "look": look,
+        "reference_bytes": reference_bytes,
+        "rows": rows,
+        "at_look": at_look,
+        "choices": choices,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return content, RESULTS / "quality-formats-latest.json"
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -717,6 +1074,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--calibrate", action="store_true", help="fit each effort's Q table")
     mode.add_argument("--search", action="store_true", help="every table and option")
+    mode.add_argument(
+        "--formats", action="store_true", help="choose WebP's and AVIF's settings per effort"
+    )
+    parser.add_argument(
+        "--on",
+        choices=("catalog", "originals"),
+        default="catalog",
+        help="--calibrate: on the catalog's fitting half (every format), or JPEG on the "
+        "corpus's originals (the tables before the catalog)",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help=f"catalog photos reduced to at most this many pixels a side (default {MAX_SIDE}, "
+        "as the tables were fitted; 0: at their own size, some 5 times the CPU)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -735,6 +1109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             content, path = run_calibrate(args)
         elif args.search:
             content, path = run_search(args)
+        elif args.formats:
+            content, path = run_formats(args)
         else:
             report, path = run_offered(args)
             content = asdict(report)

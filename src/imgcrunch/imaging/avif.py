@@ -32,17 +32,40 @@ class AvifEncoder:
         return bytes(image.heifsave_buffer(**self.save_options(quality, grey=grey)))
 
 
-# Settings and calibration: see bench/quality.py (--formats, --calibrate) and the README.
+# Chosen by `bench/quality.py --formats` (2026-12-03) on the catalog's fitting half (7 product
+# shots, 7 textures, at most 1024 px), each setting's bytes interpolated at standard libjpeg
+# quality 50's look, CPU per photo on one thread (decode and encode), against balanced JPEG:
+#   effort 0: 0.757x its bytes (4:2:0) or 0.742x (4:4:4), for 4.4x / 4.7x its CPU
+#   effort 1: 0.714x for 16x; effort 2: 0.695x for 23x; effort 3: 0.652x (4:2:0), 0.638x
+#   (4:4:4) for 37x / 41x; effort 4 and up: over 100x (217x), not scored.
+# Catalog images are encoded once and served many times, so bytes weigh more than CPU, within a
+# budget per effort: balanced is the fewest bytes within 8x balanced JPEG's CPU (effort 0),
+# max the fewest within 100x (effort 3; effort 4 costs 4x as much again). 4:4:4 saves 2% over
+# 4:2:0 at both (AV1's High profile, which dav1d and libaom decode). On the 14 product shots
+# (the default run): balanced 0.692x balanced JPEG's bytes at its quality 50 look for 6.5x its
+# CPU, max 0.580x for 55x. Calibrated by
+# `bench/quality.py --calibrate --max-side 1024` on the same photos: each point is the Q whose
+# mean SSIMULACRA2 is standard libjpeg's at that quality, interpolated between grid Qs.
 ENCODERS: dict[Effort, AvifEncoder] = {
     Effort.BALANCED: AvifEncoder(
         effort=0,
-        subsample_mode="on",
-        calibration=Calibration(((1, 1), (50, 46), (100, 100))),
+        subsample_mode="off",
+        calibration=Calibration(
+            (
+                *((1, 1), (10, 5), (20, 27), (30, 38), (40, 44), (50, 49)),
+                *((60, 52), (70, 58), (80, 66), (90, 85), (95, 91), (100, 100)),
+            )
+        ),
     ),
     Effort.MAX: AvifEncoder(
-        effort=2,
-        subsample_mode="on",
-        calibration=Calibration(((1, 1), (50, 46), (100, 100))),
+        effort=3,
+        subsample_mode="off",
+        calibration=Calibration(
+            (
+                *((1, 1), (10, 3), (20, 25), (30, 36), (40, 43), (50, 47)),
+                *((60, 51), (70, 56), (80, 64), (90, 84), (95, 90), (100, 100)),
+            )
+        ),
     ),
 }
 
