@@ -40,30 +40,30 @@ class AvifEncoder:
 #   (4:4:4) for 37x / 41x; effort 4 and up: over 100x (217x), not scored.
 # Catalog images are encoded once and served many times, so bytes weigh more than CPU, within a
 # budget per effort: balanced is the fewest bytes within 8x balanced JPEG's CPU (effort 0),
-# max the fewest within 100x (effort 3; effort 4 costs 4x as much again). 4:4:4 saves 2% over
-# 4:2:0 at both (AV1's High profile, which dav1d and libaom decode). On the 14 product shots
-# (the default run): balanced 0.692x balanced JPEG's bytes at its quality 50 look for 6.5x its
-# CPU, max 0.580x for 55x. Calibrated by
+# max the fewest within 100x (effort 3; effort 4 costs 4x as much again). 4:2:0 for both:
+# 4:4:4 saves 2% more, but needs AV1's High profile, outside AVIF's Baseline profile (Main),
+# and hardware AV1 decoders (Android hands AVIF to them where a device has one) read Main
+# only; a catalog's image must open everywhere it is sent. Calibrated by
 # `bench/quality.py --calibrate --max-side 1024` on the same photos: each point is the Q whose
 # mean SSIMULACRA2 is standard libjpeg's at that quality, interpolated between grid Qs.
 ENCODERS: dict[Effort, AvifEncoder] = {
     Effort.BALANCED: AvifEncoder(
         effort=0,
-        subsample_mode="off",
+        subsample_mode="on",
         calibration=Calibration(
             (
-                *((1, 1), (10, 5), (20, 27), (30, 38), (40, 44), (50, 49)),
-                *((60, 52), (70, 58), (80, 66), (90, 85), (95, 91), (100, 100)),
+                *((1, 1), (10, 6), (20, 28), (30, 39), (40, 45), (50, 50)),
+                *((60, 53), (70, 59), (80, 67), (90, 88), (95, 95), (100, 100)),
             )
         ),
     ),
     Effort.MAX: AvifEncoder(
         effort=3,
-        subsample_mode="off",
+        subsample_mode="on",
         calibration=Calibration(
             (
-                *((1, 1), (10, 3), (20, 25), (30, 36), (40, 43), (50, 47)),
-                *((60, 51), (70, 56), (80, 64), (90, 84), (95, 90), (100, 100)),
+                *((1, 1), (10, 4), (20, 26), (30, 37), (40, 44), (50, 48)),
+                *((60, 52), (70, 58), (80, 66), (90, 87), (95, 93), (100, 100)),
             )
         ),
     ),

@@ -58,13 +58,14 @@ _POLICY = {"subsample_mode": "on", "keep": "none"}
 
 # Chosen by `bench/quality.py --search` over every table and option libvips offers: table 5
 # (Klein, Silverstein and Carney 2005) gives the fewest bytes at the same look, with or without
-# trellis; progressive scans would save max 1.5% for 50% more CPU. Issue 23's targets, on the
-# catalog's product shots at Pillow quality 50's look (2026-12-03): balanced 0.888x Pillow's
-# bytes (target 0.88x) at 72% of the CPU of the codec before effort levels (standard tables
-# with Huffman optimisation); max 0.759x (target 0.78x). Huffman optimisation would take
-# balanced to 0.815x (8.2% fewer bytes, lossless: the same look and calibration) for 99% of that
-# CPU (16.4 against 16.7 ms, median of 7 rounds), but max would then be only 3% smaller than
-# balanced at the same quality (tests/test_codec.py asks 5%): left for a decision.
+# trellis; progressive scans would save max 1.5% for 50% more CPU. Balanced fits Huffman tables
+# to each image (optimize_coding), for issue 23's targets on the catalog's product shots at
+# Pillow quality 50's look (2026-12-03): at most 0.88x Pillow's bytes, for no more CPU than the
+# codec before effort levels (standard tables with Huffman optimisation). Without it balanced
+# gave 0.888x at 72% of that CPU; with it 0.815x (lossless: the same look and calibration) at
+# 99% (16.4 against 16.7 ms a photo, median of 7 rounds; bench/results/huffman-balanced.txt).
+# Catalog images are encoded once and served many times: the 8% of bytes is worth the CPU.
+# Max adds trellis quantisation: 0.759x (target 0.78x).
 # Calibrated by `bench/quality.py --calibrate --max-side 1024` (2026-12-03) on the catalog's
 # fitting half (7 product shots, 7 textures, reduced to at most 1024 px), in colour and in
 # grey: each point is the Q whose mean SSIMULACRA2 is standard libjpeg's at that quality,
@@ -75,7 +76,7 @@ _POLICY = {"subsample_mode": "on", "keep": "none"}
 ENCODERS: dict[Effort, JpegEncoder] = {
     Effort.BALANCED: JpegEncoder(
         quant_table=5,
-        optimize_coding=False,
+        optimize_coding=True,
         trellis=False,
         calibration=Calibration(
             (
