@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import sqlite3
@@ -23,12 +25,12 @@ def slow_origin(origin_delay: OriginDelay) -> ImageServer:
 
 
 def upload_many(
-    service: Service, server: ImageServer, tag: str, *, held: bool = False
+    service: Service, server: ImageServer, tag: str, *, held: bool = False, **form: str
 ) -> tuple[str, list[str]]:
     urls = server.photo_urls(IMAGES, tag=tag, held=held)
     pairs = zip(urls[::2], urls[1::2], strict=True)
     rows = "".join(f'{n},Product {n},"{a},{b}"\n' for n, (a, b) in enumerate(pairs))
-    response = service.upload("S. No,Product Name,Input Image Urls\n" + rows)
+    response = service.upload("S. No,Product Name,Input Image Urls\n" + rows, **form)
     assert response.status_code == 202, response.text
     return response.json()["request_id"], urls
 
@@ -84,6 +86,35 @@ def test_sigkill_mid_request_then_restart_finishes_every_image_once(
 
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)
+
+
+def test_sigkill_mid_request_with_variants_records_each_variant_once(
+    make_service: ServiceFactory, slow_origin: ImageServer
+) -> None:
+    service = make_service(BATCH_SIZE="4", FETCH_CONCURRENCY="4")
+    request_id, urls = upload_many(
+        service, slow_origin, "kill-variants", variants="big=jpeg, small=64:webp"
+    )
+    assert service.wait_until_done(request_id, 5)["progress"]["done"] < IMAGES
+    service.signal(signal.SIGKILL)
+    service.wait()
+    service.start()
+    assert_every_image_exactly_once(service, request_id, urls)
+
+    status = service.status(request_id)
+    with httpx.Client() as client:
+        rows = list(
+            csv.DictReader(
+                io.StringIO(client.get(f"{service.base_url}/download/{request_id}").text)
+            )
+        )
+        smalls = [url for row in rows for url in row["Small Image Urls"].split(",")]
+        assert len(smalls) == IMAGES
+        small_bytes = [len(client.get(url).content) for url in smalls]
+    # Recorded once per image: the totals are the files', however often a batch was begun.
+    totals = {variant["name"]: variant["bytes_out"] for variant in status["variants"]}
+    assert totals["small"] == sum(small_bytes)
+    assert totals["big"] == status["bytes_out"]
 
 
 def codec_workers(service: Service) -> list[int]:
