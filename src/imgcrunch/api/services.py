@@ -11,6 +11,7 @@ from imgcrunch.api.auth import ApiKeys
 from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory
 from imgcrunch.dispatch import CeleryDispatcher, Dispatcher, InlineDispatcher, WebhookNudge
+from imgcrunch.imaging import Variant
 from imgcrunch.public_urls import PublicUrls
 from imgcrunch.runtime import (
     address_guard,
@@ -34,11 +35,12 @@ class Services:
     guard: AddressGuard  # webhook URLs are checked against it at upload
     api_keys: ApiKeys
     urls: PublicUrls
+    variants: tuple[Variant, ...]  # IMGCRUNCH_VARIANTS: what a request that names none makes
 
 
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
-    default_variants(settings)  # a bad IMGCRUNCH_VARIANTS stops the start, naming its fault
+    variants = default_variants(settings)  # a bad one stops the start, naming its fault
     async with AsyncExitStack() as stack:
         sessions = await stack.enter_async_context(open_sessions(settings))
         storage = storage_for(settings)
@@ -62,6 +64,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             address_guard(settings),
             ApiKeys.parse(settings.api_keys),
             PublicUrls(settings.public_base_url, images=settings.public_images_url),
+            variants,
         )
 
 

@@ -18,7 +18,6 @@ from imgcrunch.fetcher import is_http_url
 from imgcrunch.http_errors import FetchError
 from imgcrunch.imaging import Variant, VariantsError
 from imgcrunch.imaging import variants as variant_specs
-from imgcrunch.runtime import default_variants
 
 router = APIRouter(tags=["requests"])
 
@@ -81,7 +80,7 @@ async def upload(
     ] = "",
 ) -> Accepted:
     await _refuse_unknown_fields(request)
-    made = _checked_variants(variants, settings)
+    made = _checked_variants(variants, services.variants, settings.max_pixels)
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     data = await _read_capped(file, settings.max_csv_bytes)
@@ -154,12 +153,15 @@ def _full(reason: str) -> ApiError:
     )
 
 
-def _checked_variants(spec: str, settings: SettingsDep) -> tuple[Variant, ...]:
-    """The request's variants, or 422 naming the part that is wrong."""
+def _checked_variants(
+    spec: str, default: tuple[Variant, ...], max_pixels: int
+) -> tuple[Variant, ...]:
+    """The request's variants (`default` where it names none), or 422 naming the part that
+    is wrong."""
     if not spec.strip():
-        return default_variants(settings)  # checked when the service started
+        return default
     try:
-        return variant_specs.parse(spec, max_pixels=settings.max_pixels)
+        return variant_specs.parse(spec, max_pixels=max_pixels)
     except VariantsError as exc:
         raise ApiError(
             422,
