@@ -90,7 +90,7 @@ SINGLE_VARIANTS = (
 CATALOG_SET = "zoom=2000:jpeg, listing=800:jpeg, thumb=200x200:pad:jpeg"
 THUMB_TARGET = 0.40  # a 200 px JPEG variant, of the full-size default's CPU
 SET_TARGET = 1.6  # the catalog set, of the default alone
-VARIANT_ROUNDS = 7
+VARIANT_ROUNDS = 15
 
 
 @dataclass(frozen=True)

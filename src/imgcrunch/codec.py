@@ -281,7 +281,8 @@ def _cascade(
     from the full-size one, for a sixteenth of the pixels to read."""
     sources = [base]
     made: dict[int, Compressed] = {}
-    for index in sorted(range(len(plans)), key=lambda i: -plans[i].width * plans[i].height):
+    order = sorted(range(len(plans)), key=lambda i: -plans[i].width * plans[i].height)
+    for index in order:
         plan = plans[index]
         size = plan.stored_size(header)
         source = min(
@@ -289,7 +290,7 @@ def _cascade(
             key=lambda s: s.width * s.height,
         )
         resized = _resized(source, size, gap=_CASCADE_GAP)
-        if resized is not source:
+        if resized is not source and index != order[-1]:  # the smallest serves no other
             resized = resized.copy_memory()
             sources.append(resized)
         try:
