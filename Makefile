@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/s3_clients.py
 	$(BIN)/python bench/storage.py --pin
+	$(BIN)/python bench/catalog.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ pytest_plugins = [
     "pytester",
     "tests.plugins.markers",
     "tests.plugins.origin",
+    "tests.plugins.catalog_origin",
     "tests.plugins.receivers",
     "tests.plugins.services",
     "tests.plugins.stores",

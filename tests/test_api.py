@@ -16,6 +16,7 @@ import pyvips
 from imgcrunch.api.auth import fingerprint
 from imgcrunch.signing import verify
 from tests.imaging import PHOTOS
+from tests.outputs import image_key_of
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.receivers import Receiver
 from tests.plugins.services import Service, ServiceFactory
@@ -63,6 +64,7 @@ def test_a_classic_csv_is_compressed_end_to_end(
         "done": 3,
         "failed": 0,
         "kept_original": 0,
+        "reused": 0,
         "percent": 100.0,
     }
     assert (status["quality"], status["effort"]) == (50, "balanced")
@@ -79,7 +81,7 @@ def test_a_classic_csv_is_compressed_end_to_end(
     assert len(outputs) == 3
     originals = [image_server.url(urlpath(url)) for url in (a, b, c)]
     for output_url, source in zip(outputs, originals, strict=True):
-        assert output_url.startswith(f"{service.base_url}/images/{request_id}/")
+        image_key_of(output_url, service.base_url)
         served = httpx.get(output_url)
         assert served.status_code == 200
         assert served.headers["content-type"] == "image/jpeg"
@@ -147,6 +149,7 @@ def test_broken_images_fail_alone_with_their_reasons(
         "done": 1,
         "failed": 4,
         "kept_original": 0,
+        "reused": 0,
         "percent": 100.0,
     }
     reasons = {error["url"]: (error["code"], error["message"]) for error in status["errors"]}
@@ -681,7 +684,14 @@ def test_webhook_is_called_when_done(
     assert event["data"] == {
         "request_id": request_id,
         "status": "completed_with_errors",
-        "progress": {"total": 2, "done": 1, "failed": 1, "kept_original": 0, "percent": 100.0},
+        "progress": {
+            "total": 2,
+            "done": 1,
+            "failed": 1,
+            "kept_original": 0,
+            "reused": 0,
+            "percent": 100.0,
+        },
         "output_csv_url": f"{service.base_url}/download/{request_id}",
         "download_url": f"{service.base_url}/download/{request_id}",
     }

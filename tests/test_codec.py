@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from imgcrunch import codec as codec_module
 from imgcrunch import jpegfile
 from imgcrunch.codec import (
     CodecError,
@@ -25,6 +26,7 @@ from imgcrunch.codec import (
     compress,
     configure,
     make_variants,
+    spec_digest,
 )
 from imgcrunch.imaging.calibration import Calibration
 from imgcrunch.imaging.jpeg import ENCODERS, JpegEncoder
@@ -695,3 +697,31 @@ def test_variants_made_together_look_as_those_made_one_at_a_time(photo: bytes) -
         reference = ssimulacra2.Reference(scaled.numpy())
         look = reference.score(decode(shared.data).numpy())
         assert look > reference.score(decode(alone.data).numpy()) - 1.5
+
+
+def test_the_spec_digest_names_what_the_options_and_the_encoders_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source cache's key: equal for what makes equal bytes, different for anything else."""
+    base = CodecOptions()
+    before = spec_digest(base)
+    assert before == spec_digest(CodecOptions())
+    others = [
+        CodecOptions(quality=51),
+        CodecOptions(effort=Effort.MAX),
+        CodecOptions(background=(0, 0, 0)),
+        CodecOptions(max_pixels=1_000_000),
+        CodecOptions(variants=parse_variants("thumb=200:jpeg", max_pixels=10**9)),
+    ]
+    assert len({before, *(spec_digest(options) for options in others)}) == 6
+    # A re-fitted calibration (or any other setting of an encoder) makes other bytes.
+    refitted = JpegEncoder(
+        quant_table=5, optimize_coding=True, trellis=False, calibration=Calibration(((1, 1),))
+    )
+    monkeypatch.setitem(ENCODERS, Effort.BALANCED, refitted)
+    codec_module._codec_described.cache_clear()
+    try:
+        assert spec_digest(base) != before
+    finally:
+        monkeypatch.undo()
+        codec_module._codec_described.cache_clear()

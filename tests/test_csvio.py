@@ -625,7 +625,15 @@ ROW = OutputRow(
 
 def test_output_header() -> None:
     assert read_back(write_output(["Brand"], [])) == [
-        [*OUTPUT_HEADER, "Brand", "Bytes In", "Bytes Out", "Errors", "Kept Originals"]
+        [
+            *OUTPUT_HEADER,
+            "Brand",
+            "Bytes In",
+            "Bytes Out",
+            "Errors",
+            "Kept Originals",
+            "Changed Images",
+        ]
     ]
 
 
@@ -641,6 +649,7 @@ def test_output_round_trip_keeps_places_of_failed_images() -> None:
         bytes_out=900,
         errors=[f"{B}: http_error: HTTP 404"],
         kept_originals=[C],
+        changed=[A],
     )
 
     lines = read_back(write_output(["Brand", "Price"], [row]))
@@ -656,6 +665,7 @@ def test_output_round_trip_keeps_places_of_failed_images() -> None:
         "900",
         f"{B}: http_error: HTTP 404",
         C,
+        A,
     ]
 
 
@@ -670,8 +680,9 @@ def test_output_errors_are_joined_with_semicolons() -> None:
     cells = read_back(write_output([], [row]))[1]
 
     assert cells[3] == ","
-    assert cells[-2] == f"{A}: timeout: no answer in 15 s; {B}: too_large: over 25 MiB"
-    assert cells[-1] == ""  # no original kept
+    assert cells[-3] == f"{A}: timeout: no answer in 15 s; {B}: too_large: over 25 MiB"
+    assert cells[-2] == ""  # no original kept
+    assert cells[-1] == ""  # nothing changed since the last request
 
 
 def test_output_is_utf8_without_bom_with_crlf_line_ends() -> None:

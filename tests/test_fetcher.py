@@ -12,9 +12,10 @@ import pytest
 
 from imgcrunch.address_guard import AddressGuard
 from imgcrunch.config import Settings
-from imgcrunch.fetcher import Fetcher, FetchLimits, is_http_url
+from imgcrunch.fetcher import Fetched, Fetcher, FetchLimits, Validators, is_http_url
 from imgcrunch.http_errors import FetchError, retry_after_seconds
 from tests.imaging import PHOTOS
+from tests.plugins.catalog_origin import CatalogOriginFactory
 from tests.plugins.origin import HOSTILE_FOR, ImageServer
 from tests.service_process import free_port
 
@@ -29,6 +30,14 @@ async def fetch(url: str, limits: FetchLimits = LOCAL) -> bytes:
     fetcher = Fetcher(limits)
     try:
         return await fetcher.fetch(url)
+    finally:
+        await fetcher.aclose()
+
+
+async def fetch_if_changed(url: str, validators: Validators) -> Fetched:
+    fetcher = Fetcher(LOCAL)
+    try:
+        return await fetcher.fetch_if_changed(url, validators)
     finally:
         await fetcher.aclose()
 
@@ -247,3 +256,45 @@ async def test_a_body_shorter_than_declared_is_an_error(image_server: ImageServe
     error = await failure(image_server.url("/long-length.jpg"))
     assert error.code == "connect_error"
     assert error.message.startswith("the response broke off")
+
+
+async def test_validators_ask_whether_it_changed_and_a_304_brings_no_body(
+    catalog_origin: CatalogOriginFactory, image_server: ImageServer
+) -> None:
+    origin = catalog_origin("both")
+    url = origin.put("a.jpg", PHOTOS[0].read_bytes())
+    first = await fetch_if_changed(url, Validators())
+    assert first.data == PHOTOS[0].read_bytes()
+    assert first.validators.etag
+    assert first.validators.last_modified
+    assert origin.conditional == 0
+
+    same = await fetch_if_changed(url, first.validators)
+    assert (same.data, same.validators) == (None, first.validators)
+    # Through a redirect too: every hop is asked the same.
+    redirected = await fetch_if_changed(image_server.url(f"/redirect?to={url}"), first.validators)
+    assert redirected.data is None
+    assert origin.answers[304] == 2
+
+    origin.put("a.jpg", PHOTOS[1].read_bytes())
+    changed = await fetch_if_changed(url, first.validators)
+    assert changed.data == PHOTOS[1].read_bytes()
+    assert changed.validators.etag != first.validators.etag
+
+
+async def test_an_origin_with_last_modified_only_is_asked_by_date(
+    catalog_origin: CatalogOriginFactory,
+) -> None:
+    origin = catalog_origin("last_modified")  # Python's http.server
+    url = origin.put("a.jpg", PHOTOS[0].read_bytes())
+    first = await fetch_if_changed(url, Validators())
+    assert first.validators.etag is None
+    assert first.validators.last_modified
+    assert (await fetch_if_changed(url, first.validators)).data is None
+    origin.put("a.jpg", PHOTOS[1].read_bytes())
+    assert (await fetch_if_changed(url, first.validators)).data == PHOTOS[1].read_bytes()
+
+
+async def test_a_304_to_a_plain_request_is_an_http_error(image_server: ImageServer) -> None:
+    error = await failure(image_server.url("/flaky?fail=9&status=304&key=plain-304"))
+    assert (error.code, error.status) == ("http_error", 304)

@@ -120,3 +120,25 @@ def test_a_refused_csv_exits_2_naming_each_row_and_makes_nothing(tmp_path: Path)
     )
     assert "  row 3, Product Name: the product name is empty" in lines
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_into_the_same_folder_reuses_what_did_not_change(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    urls = image_server.photo_urls(3, tag="local-rerun-")
+    products = write_products(tmp_path, f'1,A,"{",".join(urls)}"')
+    screen, _ = recording_console()
+    assert process(LocalRun(products, tmp_path / "out"), BASE, screen) == OK
+    written = tmp_path / "out" / "products.output.csv"
+    first = written.read_text()
+    hits = sum(image_server.hits.values())
+
+    screen, shown = recording_console()
+    assert process(LocalRun(products, tmp_path / "out"), BASE, screen) == OK
+    assert "of which reused (unchanged) 3" in " ".join(shown.getvalue().replace("│", " ").split())
+    assert written.read_text() == first  # the same files, at the same URLs
+    assert sum(image_server.hits.values()) == hits + 3  # fetched again: no validators sent
+
+    screen, shown = recording_console()
+    assert process(LocalRun(products, tmp_path / "out", refresh=True), BASE, screen) == OK
+    assert "reused" not in shown.getvalue()

@@ -7,6 +7,7 @@ import io
 
 import httpx
 
+from tests.outputs import image_key_of
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.receivers import Receiver
 from tests.plugins.services import Service, ServiceFactory
@@ -45,6 +46,7 @@ def test_requests_are_listed_newest_first_a_page_at_a_time(
         "done": 2,
         "failed": 0,
         "kept_original": 0,
+        "reused": 0,
         "percent": 100.0,
     }
     assert summary["status_url"] == f"{service.base_url}/status/{made[2]}"
@@ -86,8 +88,8 @@ def test_a_finished_request_is_deleted_with_its_files(
         assert (again.status_code, again.json()["error"]["code"]) == (404, "not_found")
         listed = client.get("/requests").json()["requests"]
         assert all(r["request_id"] != request_id for r in listed)
-    assert httpx.get(image_url).status_code == 404
-    assert not (service.data_dir / "images" / request_id).exists()
+    assert httpx.get(image_url).status_code == 404  # no other request shared it
+    assert not (service.data_dir / image_key_of(image_url, service.base_url)).exists()
     assert not (service.data_dir / "csv" / request_id).exists()
 
 
@@ -173,6 +175,7 @@ def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
             "done": 1,
             "failed": 0,
             "kept_original": 0,
+            "reused": 0,
             "percent": 50.0,
         }
         second = service.wait_until_finished(request_id)
@@ -182,6 +185,7 @@ def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
             "done": 2,
             "failed": 0,
             "kept_original": 0,
+            "reused": 0,
             "percent": 100.0,
         }
         second_csv = client.get(f"/download/{request_id}").text
@@ -197,7 +201,7 @@ def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
     assert "503" in before["Errors"]
     outputs = after["Output Image Urls"].split(",")
     assert outputs[0] == before["Output Image Urls"].split(",")[0]  # done once, kept
-    assert all(url.startswith(f"{service.base_url}/images/{request_id}/") for url in outputs)
+    assert all(image_key_of(url, service.base_url) for url in outputs)
     assert after["Errors"] == ""
 
     # A new event, with an id of its own, for the request's new final status.
@@ -237,7 +241,7 @@ def test_a_requests_images_are_listed_in_input_order(
     assert images[1]["error_code"] == "http_error"
     assert images[1]["output_url"] is None
     done = images[0]
-    assert done["output_url"].startswith(f"{service.base_url}/images/{request_id}/")
+    image_key_of(done["output_url"], service.base_url)
     assert httpx.get(done["output_url"]).status_code == 200
     assert 0 < done["bytes_out"] < done["bytes_in"]
     assert (done["width"], done["height"]) > (0, 0)

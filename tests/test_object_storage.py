@@ -15,6 +15,7 @@ import pytest
 
 from imgcrunch.signing import new_secret
 from tests import servers
+from tests.outputs import image_key_of
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.services import Service, ServiceFactory
 from tests.plugins.stores import Bucket
@@ -49,11 +50,11 @@ def test_embedded_mode_keeps_everything_in_the_bucket_and_serves_it(
     assert f"csv/{request_id}/input.csv" in keys
     assert f"csv/{request_id}/output.csv" in keys
     outputs = output_urls(service, request_id)
-    images = [key for key in keys if key.startswith(f"images/{request_id}/")]
+    images = [key for key in keys if key.startswith("images/")]
     assert sorted(images) == sorted({url.split("/", 3)[3] for url in outputs})  # by content
     assert not (service.data_dir / "images").exists()  # nothing in the local folder
     for url in outputs:
-        assert url.startswith(f"{service.base_url}/images/{request_id}/")
+        image_key_of(url, service.base_url)
         served = httpx.get(url)
         assert (served.status_code, served.headers["content-type"]) == (200, "image/jpeg")
         assert served.content[:2] == b"\xff\xd8"
@@ -62,18 +63,32 @@ def test_embedded_mode_keeps_everything_in_the_bucket_and_serves_it(
     assert ready["checks"]["storage"] == "ok"
 
 
-def test_deleting_a_request_removes_its_objects_and_no_other(
+def test_deleting_a_request_removes_its_objects_and_keeps_those_another_shares(
     make_service: ServiceFactory, bucket: Bucket, image_server: ImageServer
 ) -> None:
     service = make_service(**bucket.settings())
-    doomed, _ = upload_and_finish(service, image_server.photo_urls(3, tag="s3-doomed-"))
+    # Other URLs of the same photos: the same outputs, stored once for the owner.
+    shared = image_server.photo_urls(3, tag="s3-shared-")
+    doomed, _ = upload_and_finish(service, [*shared[:2], image_server.url("/logo.png")])
     kept, _ = upload_and_finish(service, image_server.photo_urls(3, tag="s3-kept-"))
     before = bucket.stored()
+    images = {key for key in before if key.startswith("images/")}
+    kept_images = {url.split("/", 3)[3] for url in output_urls(service, kept)}
+    doomed_images = {url.split("/", 3)[3] for url in output_urls(service, doomed)}
+    assert len(kept_images) == 3
+    assert len(kept_images & doomed_images) == 2
+    assert len(doomed_images - kept_images) == 1  # the logo
+    assert images == kept_images | doomed_images
+
     assert httpx.delete(f"{service.base_url}/requests/{doomed}").status_code == 204
     after = bucket.stored()
-    assert not [key for key in after if doomed in key]
-    assert after == [key for key in before if doomed not in key]
-    assert len([key for key in after if kept in key]) == 5  # three images, two CSVs
+    assert not [key for key in after if doomed in key]  # its CSVs
+    assert {key for key in after if key.startswith("images/")} == kept_images
+    for url in output_urls(service, kept):
+        assert httpx.get(url).status_code == 200
+
+    assert httpx.delete(f"{service.base_url}/requests/{kept}").status_code == 204
+    assert bucket.stored() == []
 
 
 def test_presigned_urls_and_a_public_address_for_the_images(
@@ -93,7 +108,7 @@ def test_presigned_urls_and_a_public_address_for_the_images(
     public = make_service(**bucket.settings(), public_images_url=cdn + "/")
     request_id, _ = upload_and_finish(public, image_server.photo_urls(3, tag="s3-cdn-"))
     url = output_urls(public, request_id)[0]
-    assert url.startswith(f"{cdn}/images/{request_id}/")  # the bucket's keys, under the CDN
+    image_key_of(url, cdn)  # the bucket's keys, under the CDN
     assert url.removeprefix(f"{cdn}/") in bucket.stored()
     output = httpx.get(f"{public.base_url}/download/{request_id}").text
     assert url in output
@@ -196,7 +211,7 @@ def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(
     assert len(outputs) == 120
     for url in outputs:
         assert httpx.get(url).status_code == 200, url
-    images = [key for key in bucket.stored() if key.startswith(f"images/{request_id}/")]
+    images = [key for key in bucket.stored() if key.startswith("images/")]
     assert sorted(images) == sorted({url.split("/", 3)[3] for url in outputs})  # by content
     for folder in (tmp_path / "worker-0-data", tmp_path / "worker-1-data"):
         assert not (folder / "images").exists()

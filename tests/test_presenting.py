@@ -35,6 +35,7 @@ def request(**changes: Any) -> Request:
         "done_images": 30,
         "failed_images": 10,
         "kept_images": 5,
+        "reused_images": 12,
         "bytes_in": 4_000_000,
         "bytes_out": 1_000_000,
         "input_key": "csv/input.csv",
@@ -93,6 +94,7 @@ def test_a_summary_links_status_and_output_only_once_there_is_one() -> None:
         "done": 30,
         "failed": 10,
         "kept_original": 5,
+        "reused": 12,
         "percent": 40.0,
     }
     done = presenting.summary(request(status="completed", output_key="csv/o.csv"), URLS, [])
@@ -114,6 +116,7 @@ def image_row(**changes: Any) -> repository.ImageRow:
         "error_code": None,
         "error_message": None,
         "variants": None,
+        "reuse": None,
     }
     return repository.ImageRow(**(fields | changes))
 

@@ -43,6 +43,7 @@ def assert_every_image_exactly_once(service: Service, request_id: str, urls: lis
         "done": IMAGES,
         "failed": 0,
         "kept_original": 0,
+        "reused": 0,
         "percent": 100.0,
     }
 

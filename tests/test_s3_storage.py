@@ -71,6 +71,16 @@ def test_deleting_a_request_removes_its_objects_and_nothing_else(bucket: Bucket)
     ]
 
 
+def test_removing_keys_removes_those_objects_only(bucket: Bucket) -> None:
+    storage = storage_in(bucket)
+    scope = uuid.uuid4()
+    keys = [image_key(scope, f"{n}".encode(), "jpg") for n in range(1005)]  # over one batch
+    for key in keys:
+        storage.put(key, b"x")
+    storage.remove([*keys[:1001], image_key(scope, b"never stored", "jpg")])
+    assert sorted(bucket.stored()) == sorted(keys[1001:])
+
+
 def test_a_presigned_url_reads_without_credentials(bucket: Bucket) -> None:
     storage = storage_in(bucket)
     key = image_key(uuid.uuid4(), b"signed", "jpg")

@@ -30,13 +30,24 @@ def test_an_overwrite_replaces_the_whole_file(tmp_path: Path) -> None:
     assert list((tmp_path / ".partial").iterdir()) == []
 
 
-def test_keys_are_content_addressed_per_request() -> None:
-    request = uuid.uuid4()
-    assert image_key(request, b"same", "jpg") == image_key(request, b"same", "jpg")
-    assert image_key(request, b"same", "jpg") != image_key(request, b"other", "jpg")
-    assert image_key(request, b"x", "jpg").startswith(f"images/{request}/")
-    assert image_key(request, b"x", "jpg").endswith(".jpg")
+def test_keys_are_content_addressed_per_scope() -> None:
+    scope, request = uuid.uuid4(), uuid.uuid4()
+    assert image_key(scope, b"same", "jpg") == image_key(scope, b"same", "jpg")
+    assert image_key(scope, b"same", "jpg") != image_key(scope, b"other", "jpg")
+    assert image_key(scope, b"same", "jpg") != image_key(uuid.uuid4(), b"same", "jpg")
+    assert image_key(scope, b"x", "jpg").startswith(f"images/{scope}/")
+    assert image_key(scope, b"x", "jpg").endswith(".jpg")
     assert output_csv_key(request) == f"csv/{request}/output.csv"
+
+
+def test_removing_keys_removes_those_files_only(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    scope = uuid.uuid4()
+    keys = [image_key(scope, f"{n}".encode(), "jpg") for n in range(3)]
+    for key in keys:
+        storage.put(key, b"x")
+    storage.remove([keys[0], keys[2], image_key(scope, b"never stored", "jpg")])
+    assert [storage.exists(key) for key in keys] == [False, True, False]
 
 
 @pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "images/../../x"])

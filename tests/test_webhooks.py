@@ -179,7 +179,14 @@ def test_a_receiver_that_blips_gets_the_event_once_every_attempt_signed_and_reco
     assert event["data"] == {
         "request_id": request_id,
         "status": "completed",
-        "progress": {"total": 1, "done": 1, "failed": 0, "kept_original": 0, "percent": 100.0},
+        "progress": {
+            "total": 1,
+            "done": 1,
+            "failed": 0,
+            "kept_original": 0,
+            "reused": 0,
+            "percent": 100.0,
+        },
         "output_csv_url": download,
         "download_url": download,
     }
@@ -290,7 +297,14 @@ def test_a_request_that_cannot_be_processed_sends_request_failed(
     assert delivery.event["data"] == {
         "request_id": request_id,
         "status": "failed",
-        "progress": {"total": 1, "done": 0, "failed": 0, "kept_original": 0, "percent": 0.0},
+        "progress": {
+            "total": 1,
+            "done": 0,
+            "failed": 0,
+            "kept_original": 0,
+            "reused": 0,
+            "percent": 0.0,
+        },
         "output_csv_url": None,
         "download_url": None,
     }

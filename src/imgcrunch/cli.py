@@ -65,6 +65,10 @@ _EFFORT_HELP = (
     "four times balanced's CPU (default IMGCRUNCH_JPEG_EFFORT, balanced)"
 )
 
+_REFRESH_HELP = (
+    "make every image again; by default, an image unchanged since your last request with the "
+    "same options is reused, at the same URL"
+)
 _VARIANTS_HELP = (
     "what to make of each image, e.g. 'zoom=2000:jpeg, listing=800:avif, "
     "thumb=200x200:pad:webp' (default IMGCRUNCH_VARIANTS: one JPEG at the original size); "
@@ -84,6 +88,12 @@ def _add_client_commands(commands: Any) -> None:
     process.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     process.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
     process.add_argument("--variants", help=_VARIANTS_HELP)
+    process.add_argument(
+        "--refresh",
+        action="store_true",
+        help="make every image again; by default, images unchanged since an earlier run into "
+        "the same folder are reused",
+    )
 
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
@@ -109,6 +119,7 @@ def _add_client_commands(commands: Any) -> None:
     submit.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     submit.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
     submit.add_argument("--variants", help=_VARIANTS_HELP)
+    submit.add_argument("--refresh", action="store_true", help=_REFRESH_HELP)
     status = commands.add_parser("status", parents=[server], help="a request's status, as JSON")
     status.add_argument("request_id")
     download = commands.add_parser("download", parents=[server], help="a request's output CSV")
@@ -132,6 +143,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             quality=args.quality,
             effort=effort,
             variants=args.variants,
+            refresh=args.refresh,
         )
         return local_run.process(run, settings, console)
     from imgcrunch import remote  # alone: the client commands load neither pyvips nor SQLAlchemy
@@ -145,6 +157,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             quality=args.quality,
             effort=args.effort,
             variants=args.variants,
+            refresh=args.refresh,
             wait=args.wait,
             console=console,
         )

@@ -13,6 +13,9 @@ in every format: the look of standard libjpeg quality N (each encoder's calibrat
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
+import json
 import logging
 import struct
 import threading
@@ -23,6 +26,7 @@ import pyvips
 
 from imgcrunch import jpegfile
 from imgcrunch.imaging import formats, jpeg, sizing
+from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.imaging.effort import Effort
 from imgcrunch.imaging.formats import Format
 from imgcrunch.imaging.variants import DEFAULT, Fit, Variant
@@ -36,6 +40,7 @@ __all__ = [
     "compress",
     "configure",
     "make_variants",
+    "spec_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,6 +175,41 @@ def _reuse_freed_memory() -> None:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
+# Raised when the codec would make other bytes of the same image with the same options: a
+# change of policy (orientation, colour, padding, keeping originals). The encoders' settings
+# and calibration tables, and libvips' version, are in `spec_digest` by themselves.
+POLICY_VERSION = 1
+
+
+def spec_digest(options: CodecOptions) -> str:
+    """What these options make of an image, with this codec, as a SHA-256: equal digests make
+    equal outputs of equal bytes, so the outputs may be reused (the source cache's key)."""
+    described = {
+        "codec": _codec_described(),
+        "quality": options.quality,
+        "effort": options.effort.value,
+        "max_pixels": options.max_pixels,
+        "background": list(options.background),
+        "variants": variant_specs.to_json(options.variants),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def _codec_described() -> dict[str, Any]:
+    if not _configured:
+        jpeg.configure()  # which JPEG encoders run depends on the libjpeg found
+    return {
+        "policy": POLICY_VERSION,
+        "libvips": [pyvips.version(n) for n in range(3)],
+        "encoders": {
+            f"{fmt.value} {effort.value}": repr(formats.encoder(fmt, effort))
+            for fmt in Format
+            for effort in Effort
+        },
+    }
 
 
 def compress(data: bytes, options: CodecOptions = CodecOptions()) -> Compressed:

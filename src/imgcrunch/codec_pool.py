@@ -65,7 +65,7 @@ class Encoded:
 
 
 def encode_and_store(
-    storage: Storage | None, request_id: uuid.UUID, data: bytes, options: codec.CodecOptions
+    storage: Storage | None, scope: uuid.UUID, data: bytes, options: codec.CodecOptions
 ) -> Encoded:
     """Runs in the pool: compress every variant, hash and (given a `storage`) store in one go.
 
@@ -77,7 +77,7 @@ def encode_and_store(
     started = time.perf_counter()
     outputs = []
     for compressed in codec.make_variants(data, options):
-        key = image_key(request_id, compressed.data, compressed.extension)
+        key = image_key(scope, compressed.data, compressed.extension)
         if storage is not None:
             storage.put(key, compressed.data, durable=False)
         outputs.append(

@@ -106,12 +106,15 @@ class OutputRow:
     # Input URLs whose own bytes (without metadata) are the output: re-encoding would not shrink
     # them.
     kept_originals: Sequence[str] = ()
+    # Input URLs whose bytes at the origin changed since the owner's last request with the same
+    # options: made again, at new URLs (their neighbours unchanged keep theirs).
+    changed: Sequence[str] = ()
     # Per variant after the first, its URLs as output_urls are: same length, None where failed.
     variant_urls: Sequence[Sequence[str | None]] = ()
 
 
 OUTPUT_HEADER: tuple[str, ...] = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
-_FIGURES_HEADER = ("Bytes In", "Bytes Out", "Errors", "Kept Originals")
+_FIGURES_HEADER = ("Bytes In", "Bytes Out", "Errors", "Kept Originals", "Changed Images")
 
 # ---------------------------------------------------------------------------------------------
 # Reading text out of bytes
@@ -540,6 +543,7 @@ def _output_cells(row: OutputRow, extra_width: int, variant_width: int) -> list[
         str(row.bytes_out),
         "; ".join(row.errors),
         ",".join(row.kept_originals),
+        ",".join(row.changed),
     ]
 
 

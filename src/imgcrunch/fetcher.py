@@ -64,6 +64,29 @@ class FetchLimits:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What an origin said identifies the version it sent, to ask next time whether it
+    changed (RFC 9110: If-None-Match, preferred, and If-Modified-Since)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def conditional_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    data: bytes | None  # None: the origin answered 304 Not Modified to the validators sent
+    validators: Validators  # those of the version it has: to send next time
+
+
 @dataclass(slots=True)
 class _HostGate:
     slots: asyncio.Semaphore
@@ -115,11 +138,19 @@ class Fetcher:
 
     async def fetch(self, url: str) -> bytes:
         """The body, or FetchError; transient failures are tried again within the total time."""
+        fetched = await self.fetch_if_changed(url, Validators())
+        assert fetched.data is not None  # nothing was asked conditionally
+        return fetched.data
+
+    async def fetch_if_changed(self, url: str, validators: Validators) -> Fetched:
+        """As `fetch`, asking the origin for the body only if it changed since `validators`:
+        `data` is None when it answers 304. A 304 to a request that sent no validators is an
+        error, as any other answer outside 2xx."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.total_timeout
         for attempt in range(self.limits.retries + 1):
             try:
-                return await self._attempt(url, deadline)
+                return await self._attempt(url, validators, deadline)
             except FetchError as error:
                 if attempt == self.limits.retries or not error.transient:
                     raise
@@ -134,10 +165,10 @@ class Fetcher:
             return retry_after
         return random.uniform(0, self.limits.retry_backoff * 2**attempt)
 
-    async def _attempt(self, url: str, deadline: float) -> bytes:
+    async def _attempt(self, url: str, validators: Validators, deadline: float) -> Fetched:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._follow(parse_url(url))
+                return await self._follow(parse_url(url), validators)
         except aiohttp.ClientError as exc:
             raise client_error(exc) from None
         except TimeoutError:
@@ -145,14 +176,17 @@ class Fetcher:
                 "timeout", f"download took longer than {self.limits.total_timeout:g} s"
             ) from None
 
-    async def _follow(self, url: URL) -> bytes:
+    async def _follow(self, url: URL, validators: Validators) -> Fetched:
         """Follow redirects by hand, so that every hop passes the address guard."""
+        headers = validators.conditional_headers()
         for _ in range(self.limits.max_redirects + 1):
             check_destination(url, self.limits.guard)
-            async with self._session.get(url, allow_redirects=False) as response:
+            async with self._session.get(url, allow_redirects=False, headers=headers) as response:
                 location = response.headers.get("Location")
                 if response.status not in _REDIRECTS or not location:
-                    return await self._read(response)
+                    if response.status == 304 and headers:  # what was sent still holds
+                        return Fetched(None, _validators(response, validators))
+                    return Fetched(await self._read(response), _validators(response))
                 url = _redirect_target(response.url, location)
         raise FetchError("http_error", f"more than {self.limits.max_redirects} redirects")
 
@@ -183,6 +217,14 @@ class Fetcher:
             "too_large",
             f"image is over the {self.limits.max_bytes:,} byte limit (at least {size:,})",
         )
+
+
+def _validators(response: aiohttp.ClientResponse, sent: Validators = Validators()) -> Validators:
+    """The response's validators; a 304 may leave out those that did not change."""
+    return Validators(
+        etag=response.headers.get("ETag") or sent.etag,
+        last_modified=response.headers.get("Last-Modified") or sent.last_modified,
+    )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -39,6 +39,7 @@ class LocalRun:
     quality: int | None = None
     effort: Effort | None = None
     variants: str | None = None  # the upload's syntax; None: IMGCRUNCH_VARIANTS
+    refresh: bool = False  # ignore what earlier runs in the same folder made
 
 
 def settings_for(run: LocalRun, base: Settings) -> Settings:
@@ -114,6 +115,7 @@ async def _process(
                 quality=run.quality or settings.jpeg_quality,
                 effort=run.effort or Effort(settings.jpeg_effort),
                 variants=variants,
+                refresh=run.refresh,
             )
         dispatcher = InlineDispatcher.for_settings(
             runtime.pipeline, runtime.deliverer, sessions, settings, nudge
@@ -174,6 +176,7 @@ async def _follow(
                 failed=request.failed_images,
                 bytes_in=request.bytes_in,
                 bytes_out=request.bytes_out,
+                reused=request.reused_images,
             )
             bar.show(snapshot)
             if request.status not in ACTIVE_STATUSES:

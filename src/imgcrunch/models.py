@@ -102,6 +102,14 @@ class Request(Base):
     # result of it is recorded again.
     waiting: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))
+    # Where its images are stored, `images/<scope>/<sha256>.<ext>`: its owner's, shared by all
+    # the owner's requests so that an unchanged image keeps its URL. None for requests from
+    # before re-runs, whose images are under `images/<request id>/`.
+    scope: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Made without the source cache (`refresh`): every image fetched and encoded again.
+    refresh: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Of the done images, those whose outputs were reused from the owner's source cache.
+    reused_images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # products and images stored
@@ -118,6 +126,7 @@ class Request(Base):
             "done": self.done_images,
             "failed": self.failed_images,
             "kept_original": self.kept_images,
+            "reused": self.reused_images,
             "percent": round(percent, 1),
         }
 
@@ -141,6 +150,8 @@ class Image(Base):
         Index("ix_images_request_status_id", "request_id", "status", "id"),
         Index("ix_images_product", "product_id", "position"),
         Index("ix_images_duplicate_of", "duplicate_of"),
+        # Deleting a request asks which of its outputs another request still refers to.
+        Index("ix_images_output_key", "output_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -167,7 +178,55 @@ class Image(Base):
     # The outputs of the request's variants after the first (whose output is in the columns
     # above), in order: {"key", "bytes", "width", "height", "kept"}. None without variants.
     variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # How the owner's source cache served it (a `Reuse`); None before re-runs, and for
+    # images that failed.
+    reuse: Mapped[str | None] = mapped_column(String(16))
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Reuse(enum.StrEnum):
+    """Why an image was, or was not, made again."""
+
+    REUSED = "reused"  # the origin said 304, or sent the same bytes: the cached outputs reused
+    CHANGED = "changed"  # in the cache, but the origin sent other bytes: made again
+    NOT_CACHED = "not_cached"  # never made for this owner and spec (or since evicted)
+    REFRESHED = "refreshed"  # its request asked to ignore the cache
+
+
+class OwnerScope(Base):
+    """Each owner's random storage prefix: an image's key names its scope and its content, so
+    that it is the same from one request of the owner to the next, and unguessable to others."""
+
+    __tablename__ = "owner_scopes"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)  # "": no API keys
+    scope: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+
+
+class SourceCacheEntry(Base):
+    """What an owner's source URL gave, made with one output spec: the origin's validators,
+    the SHA-256 of its bytes, and the image's stored outputs, to reuse while it is unchanged.
+    An entry's outputs are referenced by at least one image row: deleting the last request
+    that refers to them deletes the entry too."""
+
+    __tablename__ = "source_cache"
+    __table_args__ = (
+        UniqueConstraint("owner", "url_digest", "spec_digest"),
+        Index("ix_source_cache_output_key", "output_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))  # "": no API keys
+    url_digest: Mapped[str] = mapped_column(String(64))  # SHA-256 of the source URL
+    spec_digest: Mapped[str] = mapped_column(String(64))  # codec.spec_digest of the options
+    etag: Mapped[str | None] = mapped_column(Text)
+    last_modified: Mapped[str | None] = mapped_column(Text)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    output_key: Mapped[str] = mapped_column(String(255))  # the first variant's
+    # The image's result as recorded: bytes_in, bytes_out, width, height, kept_original and
+    # variants (ImageResult's fields).
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class VariantTotal(Base):

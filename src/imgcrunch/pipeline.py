@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,10 @@ from imgcrunch.faults import (
     room_fault,
     storage_fault,
 )
-from imgcrunch.fetcher import Fetcher
+from imgcrunch.fetcher import Fetched, Fetcher, Validators
 from imgcrunch.http_errors import FetchError
 from imgcrunch.imaging import variants as variant_specs
-from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, utcnow
+from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, Reuse, utcnow
 from imgcrunch.public_urls import PublicUrls
 from imgcrunch.repository import Batch, Claim, ClaimedImage, ImageResult
 from imgcrunch.storage import Storage, input_csv_key, output_csv_key
@@ -54,6 +55,7 @@ async def accept(
     variants: tuple[variant_specs.Variant, ...] = variant_specs.DEFAULT,
     webhook_url: str | None = None,
     owner: str | None = None,
+    refresh: bool = False,
 ) -> uuid.UUID:
     """Keep a validated input CSV and record its request, queued. Its rows are stored later, by
     `Pipeline.ingest` from the kept file, so a big catalog is answered at once."""
@@ -76,6 +78,7 @@ async def accept(
                 input_key=key,
                 owner=owner,
                 variants=variant_specs.to_json(variants),
+                refresh=refresh,
             ),
         )
     return request_id
@@ -328,49 +331,108 @@ class Pipeline:
                 background=self.options.background,
                 variants=variant_specs.from_json(batch.variants),
             )
+            cache = _CacheKey(repository.owner_key(batch.owner), codec.spec_digest(codec_options))
+            cached = await self._cached(batch, cache, claimed)
             outcomes = await asyncio.gather(
-                *(self._process_image(batch.request_id, image, codec_options) for image in claimed)
+                *(
+                    self._process_image(
+                        batch,
+                        image,
+                        codec_options,
+                        cached.get(repository.url_digest(image.source_url)),
+                    )
+                    for image in claimed
+                )
             )
-            results = [outcome for outcome in outcomes if isinstance(outcome, ImageResult)]
-            deferred = [outcome for outcome in outcomes if isinstance(outcome, _Deferred)]
-            _count(results)
+            made = [outcome for outcome in outcomes if isinstance(outcome, _Made)]
+            deferred = [outcome.image_id for outcome in outcomes if isinstance(outcome, _Deferred)]
             # The files were written without waiting for the disk; they are made durable here,
-            # all at once, before the database says they exist.
-            written = [key for result in results for key in _output_keys(result)]
+            # all at once, before the database says they exist. (Reused ones were already.)
+            written = [
+                key
+                for outcome in made
+                if outcome.result.reuse != Reuse.REUSED
+                for key in _output_keys(outcome.result)
+            ]
             try:
                 await asyncio.to_thread(self.storage.sync, written)
             except OSError as exc:
                 raise storage_fault(exc) from exc
             async with self.sessions.begin() as session:
+                # A reused entry deleted meanwhile (with the last request that used its
+                # outputs) may have taken them along: such an image is made again.
+                lost = await _lost_reuses(session, cache, made)
+                made = [outcome for outcome in made if outcome.result.image_id not in lost]
+                results = [outcome.result for outcome in made]
                 await repository.record_results(session, batch.request_id, results, now=utcnow())
+                if batch.scope is not None:
+                    await repository.remember_sources(
+                        session,
+                        owner=cache.owner,
+                        spec_digest=cache.spec,
+                        sources=[outcome.source for outcome in made if outcome.source],
+                        now=utcnow(),
+                    )
                 await repository.release_images(
-                    session, worker=self.worker_id, image_ids=[d.image_id for d in deferred]
+                    session, worker=self.worker_id, image_ids=[*deferred, *lost]
                 )
                 complete = await repository.is_complete(session, batch.request_id)
-            fault = next((d.fault for d in deferred if d.fault is not None), None)
+            _count(results)
+            fault = next(
+                (o.fault for o in outcomes if isinstance(o, _Deferred) and o.fault is not None),
+                None,
+            )
             if fault is not None:
                 raise fault  # what was done is recorded; the rest waits for the fault to clear
             if not complete:
                 return  # the common case, answered without a session of its own
         await self.finalize_if_complete(batch.request_id)
 
+    async def _cached(
+        self, batch: Batch, cache: _CacheKey, images: Sequence[ClaimedImage]
+    ) -> dict[str, repository.CachedSource]:
+        """The owner's cache entries for these images, by URL digest (none where the request
+        asked for a refresh, or stores its images under its own id)."""
+        if batch.scope is None or batch.refresh:
+            return {}
+        async with self.sessions() as session:
+            return await repository.cached_sources(
+                session,
+                owner=cache.owner,
+                spec_digest=cache.spec,
+                urls=[image.source_url for image in images],
+            )
+
     async def _process_image(
-        self, request_id: uuid.UUID, image: ClaimedImage, options: codec.CodecOptions
-    ) -> ImageResult | _Deferred:
+        self,
+        batch: Batch,
+        image: ClaimedImage,
+        options: codec.CodecOptions,
+        cached: repository.CachedSource | None,
+    ) -> _Made | _Deferred:
         logs.image_id.set(image.id)  # a task of its own (gather): its lines alone carry it
+        request_id = batch.request_id
         if request_id in self._cancelled:
             return _cancelled(image)
+        validators = Validators(cached.etag, cached.last_modified) if cached else Validators()
         try:
-            data = await self._download(image.source_url)
+            fetched = await self._download(image.source_url, validators)
         except FetchError as exc:
             return _failure(image, exc)
         except Exception as exc:
             return _unexpected(request_id, image, exc)
         try:
+            if cached is not None and fetched.data is None:  # 304: unchanged at the origin
+                return _reused(image, cached, fetched.validators)
+            data = fetched.data
+            assert data is not None  # a 304 comes only to validators, sent only from an entry
+            source_sha256 = hashlib.sha256(data).hexdigest()
+            if cached is not None and cached.source_sha256 == source_sha256:
+                return _reused(image, cached, fetched.validators)
             if request_id in self._cancelled:
                 return _cancelled(image)
             encoded = await self.codec_pool.run(
-                encode_and_store, self._worker_storage, request_id, data, options
+                encode_and_store, self._worker_storage, batch.scope or request_id, data, options
             )
             metrics.CODEC_SECONDS.observe(encoded.seconds)
             for output in encoded.outputs:
@@ -387,7 +449,7 @@ class Pipeline:
         finally:
             self._in_flight.release()
         first, *others = encoded.outputs
-        return ImageResult(
+        result = ImageResult(
             image_id=image.id,
             output_key=first.key,
             bytes_in=len(data),
@@ -396,10 +458,23 @@ class Pipeline:
             height=first.height,
             kept_original=first.kept_original,
             variants=[_variant_output(output) for output in others] or None,
+            reuse=None if batch.scope is None else _why_made(batch, cached),
         )
+        if batch.scope is None:
+            return _Made(result, None)
+        source = repository.CachedSource(
+            url_digest=repository.url_digest(image.source_url),
+            etag=fetched.validators.etag,
+            last_modified=fetched.validators.last_modified,
+            source_sha256=source_sha256,
+            output_key=first.key,
+            result={column: getattr(result, column) for column in _CACHED_RESULT},
+        )
+        return _Made(result, source)
 
-    async def _download(self, url: str) -> bytes:
-        """The image's bytes, with an in-flight slot held for the caller to release.
+    async def _download(self, url: str, validators: Validators) -> Fetched:
+        """The image's bytes (none where the origin says they are unchanged since
+        `validators`), with an in-flight slot held for the caller to release.
 
         The origin's own slot is taken first, the in-flight slot only then: images queued
         behind a slow origin hold none of the slots that bound memory, so images from other
@@ -409,7 +484,7 @@ class Pipeline:
             await self._in_flight.acquire()
             try:
                 with metrics.FETCH_SECONDS.time():
-                    return await self.fetcher.fetch(url)
+                    return await self.fetcher.fetch_if_changed(url, validators)
             except BaseException:
                 self._in_flight.release()
                 raise
@@ -488,6 +563,61 @@ class Pipeline:
         return won
 
 
+@dataclass(frozen=True, slots=True)
+class _CacheKey:
+    owner: str  # repository.owner_key's
+    spec: str  # codec.spec_digest of the batch's options
+
+
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """An image's result, and what its owner's source cache is to remember of it (None: the
+    request stores its images under its own id, from before re-runs)."""
+
+    result: ImageResult
+    source: repository.CachedSource | None
+
+
+# What a cache entry keeps of its image's result, to record it again for the next request.
+_CACHED_RESULT = (
+    "output_key",
+    "bytes_in",
+    "bytes_out",
+    "width",
+    "height",
+    "kept_original",
+    "variants",
+)
+
+
+def _reused(image: ClaimedImage, cached: repository.CachedSource, validators: Validators) -> _Made:
+    """The image as its owner's cache has it: no decode, no encode, no write."""
+    result = ImageResult(image_id=image.id, reuse=Reuse.REUSED, **cached.result)
+    refreshed = replace(cached, etag=validators.etag, last_modified=validators.last_modified)
+    return _Made(result, refreshed)
+
+
+def _why_made(batch: Batch, cached: repository.CachedSource | None) -> Reuse:
+    if batch.refresh:
+        return Reuse.REFRESHED
+    return Reuse.NOT_CACHED if cached is None else Reuse.CHANGED
+
+
+async def _lost_reuses(session: AsyncSession, cache: _CacheKey, made: Sequence[_Made]) -> set[int]:
+    """The reused images whose cache entry is gone: locked, the others stay till this commits."""
+    reused = {
+        outcome.source.url_digest: outcome.result.image_id
+        for outcome in made
+        if outcome.result.reuse == Reuse.REUSED and outcome.source is not None
+    }
+    if not reused:
+        return set()
+    present = await repository.lock_entries(
+        session, owner=cache.owner, spec_digest=cache.spec, url_digests=list(reused)
+    )
+    return {image_id for digest, image_id in reused.items() if digest not in present}
+
+
 def _count(results: Sequence[ImageResult]) -> None:
     for result in results:
         if result.ok:
@@ -513,21 +643,23 @@ def _output_keys(result: ImageResult) -> list[str]:
     return first + [output["key"] for output in result.variants or ()]
 
 
-def _cancelled(image: ClaimedImage) -> ImageResult:
+def _cancelled(image: ClaimedImage) -> _Made:
     # Never recorded: the cancel moved the image out of `pending` already.
-    return ImageResult(image_id=image.id, error_code="cancelled", error_message="cancelled")
+    return _Made(
+        ImageResult(image_id=image.id, error_code="cancelled", error_message="cancelled"), None
+    )
 
 
-def _failure(image: ClaimedImage, error: FetchError | codec.CodecError) -> ImageResult:
+def _failure(image: ClaimedImage, error: FetchError | codec.CodecError) -> _Made:
     """An image that failed for its own reasons: the origin's answer, its bytes, the limits."""
     # Not the URL: a signed URL's query is a credential. The image id (on the line) finds it.
     log.info("image failed: %s: %s", error.code, error.message)
-    return ImageResult(image_id=image.id, error_code=error.code, error_message=error.message)
+    return _Made(
+        ImageResult(image_id=image.id, error_code=error.code, error_message=error.message), None
+    )
 
 
-def _unexpected(
-    request_id: uuid.UUID, image: ClaimedImage, error: Exception
-) -> ImageResult | _Deferred:
+def _unexpected(request_id: uuid.UUID, image: ClaimedImage, error: Exception) -> _Made | _Deferred:
     """A bug of ours, not the image's: tried again on a later claim, then recorded as the
     image's `internal_error`; call from the `except` that caught `error`."""
     log.exception(
@@ -539,10 +671,13 @@ def _unexpected(
     )
     if image.attempts < MAX_ATTEMPTS:
         return _Deferred(image.id, None)
-    return ImageResult(
-        image_id=image.id,
-        error_code="internal_error",
-        error_message=f"{type(error).__name__}: {error}",
+    return _Made(
+        ImageResult(
+            image_id=image.id,
+            error_code="internal_error",
+            error_message=f"{type(error).__name__}: {error}",
+        ),
+        None,
     )
 
 
@@ -561,6 +696,7 @@ def _output_row(
         bytes_out=sum(image.bytes_out or 0 for image in images if image.output_key),
         errors=_errors(images),
         kept_originals=[image.source_url for image in images if image.kept_original],
+        changed=[image.source_url for image in images if image.reuse == Reuse.CHANGED],
         variant_urls=_variant_urls(images, url_of, variants),
     )
 

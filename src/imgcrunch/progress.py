@@ -32,6 +32,7 @@ class Snapshot:
     failed: int
     bytes_in: int
     bytes_out: int
+    reused: int = 0  # of the done: unchanged since the last request, outputs reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ def summary(
     table.add_row("status", snapshot.status)
     table.add_row("images", f"{snapshot.total:,}")
     table.add_row("compressed", f"{snapshot.done:,}")
+    if snapshot.reused:
+        table.add_row("of which reused (unchanged)", f"{snapshot.reused:,}")
     table.add_row("failed", f"{snapshot.failed:,}")
     table.add_row("bytes in", _size(snapshot.bytes_in))
     table.add_row("bytes out", _size(snapshot.bytes_out))

@@ -47,12 +47,14 @@ def submit(
     wait: bool,
     console: Console,
     variants: str | None = None,
+    refresh: bool = False,
 ) -> int:
     fields = (
         ("webhook_url", webhook_url),
         ("quality", quality),
         ("effort", effort),
         ("variants", variants),
+        ("refresh", "true" if refresh else None),
     )
     form = {key: str(value) for key, value in fields if value}
     try:
@@ -140,6 +142,7 @@ def _snapshot(body: dict[str, Any]) -> progress.Snapshot:
         failed=counts["failed"],
         bytes_in=body["bytes_in"],
         bytes_out=body["bytes_out"],
+        reused=counts.get("reused", 0),
     )
 
 

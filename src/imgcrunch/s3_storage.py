@@ -14,8 +14,9 @@ pipeline counts as a fault of ours, never an image's.
 from __future__ import annotations
 
 import errno
+import functools
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
@@ -40,6 +41,7 @@ _RETRIES: RetryConfig = {
     "retry_timeout": timedelta(seconds=15),
 }
 _PROBE_PREFIX = ".imgcrunch-probe"
+_DELETE_BATCH = 1000  # keys in one DeleteObjects call, S3's most
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -89,6 +91,11 @@ class S3Storage:
     def remove_request(self, request_id: uuid.UUID) -> None:
         _stored(lambda: self._remove_under(f"images/{request_id}/"))
         _stored(lambda: self._remove_under(f"csv/{request_id}/"))
+
+    def remove(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = [_checked(key) for key in keys[start : start + _DELETE_BATCH]]
+            _stored(functools.partial(obstore.delete, self._store, batch))
 
     def _remove_under(self, prefix: str) -> None:
         keys = [meta["path"] for batch in obstore.list(self._store, prefix) for meta in batch]

@@ -1,4 +1,5 @@
-"""Where output files live. Keys are relative paths such as `images/<request>/<sha256>.jpg`."""
+"""Where output files live. Keys are relative paths such as `images/<scope>/<sha256>.jpg`, the
+scope being the owner's (requests from before re-runs used their own id)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol, cast
 
@@ -38,7 +39,11 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def remove_request(self, request_id: uuid.UUID) -> None:
-        """Every file of the request: its images and its kept and output CSVs."""
+        """The request's own files: its kept and output CSVs, and its images if they were
+        stored under its id (before re-runs). Shared images go by `remove`."""
+
+    def remove(self, keys: Sequence[str]) -> None:
+        """Remove what is stored at these keys; a key with nothing stored is no error."""
 
     def remove_partial_writes(self, *, older_than: float = 0.0) -> int:
         """Remove what writes that never finished (their process died) left behind, if older
@@ -94,9 +99,10 @@ def media_type(key: str) -> str:
     return _MEDIA_TYPES.get(PurePosixPath(key).suffix, "application/octet-stream")
 
 
-def image_key(request_id: uuid.UUID, data: bytes, extension: str) -> str:
-    """Content-addressed, so processing an image twice writes the same file, not a second one."""
-    return f"images/{request_id}/{hashlib.sha256(data).hexdigest()}.{extension}"
+def image_key(scope: uuid.UUID, data: bytes, extension: str) -> str:
+    """Named by the owner's scope and the content: processing an image twice, in one request
+    or the next, writes the same file at the same URL, not a second one."""
+    return f"images/{scope}/{hashlib.sha256(data).hexdigest()}.{extension}"
 
 
 def input_csv_key(request_id: uuid.UUID) -> str:
@@ -169,6 +175,10 @@ class LocalStorage:
     def remove_request(self, request_id: uuid.UUID) -> None:
         for folder in (f"images/{request_id}", f"csv/{request_id}"):
             shutil.rmtree(self.path(folder), ignore_errors=True)
+
+    def remove(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.path(key).unlink(missing_ok=True)
 
     def free_bytes(self) -> int | None:
         return shutil.disk_usage(self.root).free

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from imgcrunch.api.schemas import (
     KeptOriginal,
     Progress,
     RequestSummary,
+    ReuseKind,
     VariantSummary,
     WebhookAttemptInfo,
     WebhookState,
@@ -149,6 +150,7 @@ def image_info(
         error_code=image.error_code,
         error_message=image.error_message,
         variants=_image_variants(image, urls, names),
+        reuse=cast("ReuseKind | None", image.reuse),
     )
 
 

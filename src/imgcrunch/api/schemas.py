@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -37,6 +38,9 @@ class Progress(BaseModel):
     done: int
     failed: int
     kept_original: int  # of the done: the input kept as it was (without metadata), not larger
+    # Of the done: unchanged since the owner's last request with the same options (the origin
+    # said 304, or sent the same bytes), their outputs and URLs reused without encoding.
+    reused: int
     percent: float
 
 
@@ -157,6 +161,10 @@ class ImageVariant(BaseModel):
     kept_original: bool  # the input's own bytes, without metadata: re-encoding would not shrink
 
 
+# models.Reuse's values, spelled out for the OpenAPI document.
+ReuseKind = Literal["reused", "changed", "not_cached", "refreshed"]
+
+
 class ImageInfo(BaseModel):
     row: str  # the product's S. No. as written in the input
     product_name: str
@@ -171,6 +179,11 @@ class ImageInfo(BaseModel):
     error_code: str | None
     error_message: str | None
     variants: list[ImageVariant]  # every variant made of it, the first included; [] until done
+    # How the owner's source cache served it, once done: reused (unchanged at the origin: the
+    # same outputs and URLs as before), or why it was made again: changed (other bytes at the
+    # same URL), not_cached (never made for this owner with these options), refreshed (the
+    # request asked to ignore the cache). None for failed images and older requests.
+    reuse: ReuseKind | None
 
 
 class ImageList(BaseModel):

@@ -6,9 +6,18 @@ Three seams, each with its own callers:
 - `requests`: reading and managing requests (the API's routes);
 - `intake` and `work`: storing a request's rows, the work loop's claims and records, sweeps,
   finishing a request (the pipeline and the dispatchers);
-- `outbox`: the webhook outbox (the deliverer, and the routes that show or redeliver).
+- `outbox`: the webhook outbox (the deliverer, and the routes that show or redeliver);
+- `cache`: each owner's source cache and storage scope (the pipeline, and deleting a request).
 """
 
+from imgcrunch.repository.cache import (
+    CachedSource,
+    cached_sources,
+    lock_entries,
+    owner_key,
+    remember_sources,
+    url_digest,
+)
 from imgcrunch.repository.intake import (
     NewRequest,
     create_request,
@@ -68,6 +77,7 @@ from imgcrunch.repository.work import (
 
 __all__ = [
     "Batch",
+    "CachedSource",
     "Claim",
     "ClaimedImage",
     "ImageResult",
@@ -76,6 +86,7 @@ __all__ = [
     "NewRequest",
     "ProductOutcome",
     "VariantTotals",
+    "cached_sources",
     "cancel_request",
     "claim_next_batch",
     "claimable_batch_count",
@@ -96,7 +107,9 @@ __all__ = [
     "latest_delivery",
     "lease_due_deliveries",
     "list_requests",
+    "lock_entries",
     "mark_waiting",
+    "owner_key",
     "ping",
     "product_outcomes",
     "record_delivery_attempt",
@@ -105,6 +118,7 @@ __all__ = [
     "release_claims",
     "release_images",
     "release_stale_claims",
+    "remember_sources",
     "renew_claims",
     "request_images",
     "requests_by_status",
@@ -114,5 +128,6 @@ __all__ = [
     "unfinished_image_count",
     "unfinished_request_ids",
     "uningested_request_ids",
+    "url_digest",
     "variant_totals",
 ]

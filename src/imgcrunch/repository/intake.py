@@ -26,6 +26,7 @@ from imgcrunch.models import (
     VariantTotal,
 )
 from imgcrunch.repository._common import rowcount
+from imgcrunch.repository.cache import owner_scope
 from imgcrunch.repository.outbox import NewEvent, finished_with_event
 
 # --- creating a request ---------------------------------------------------------------------
@@ -42,10 +43,12 @@ class NewRequest:
     webhook_url: str | None = None
     owner: str | None = None  # the API key's owner that created it; None when keys are off
     variants: list[dict[str, Any]] | None = None  # imgcrunch.imaging.variants.to_json's
+    refresh: bool = False  # made without the owner's source cache
 
 
 async def create_request(session: AsyncSession, new: NewRequest) -> None:
     """The request alone; its rows are stored by `ingest_rows` from the kept input CSV."""
+    scope = await owner_scope(session, new.owner)
     session.add(
         Request(
             id=new.id,
@@ -62,6 +65,9 @@ async def create_request(session: AsyncSession, new: NewRequest) -> None:
             input_key=new.input_key,
             owner=new.owner,
             variants=new.variants,
+            scope=scope,
+            refresh=new.refresh,
+            reused_images=0,
         )
     )
     await session.flush()

@@ -20,6 +20,7 @@ from imgcrunch.models import (
     RequestStatus,
     VariantTotal,
 )
+from imgcrunch.repository import cache
 from imgcrunch.repository._common import rowcount
 
 # --- reading a request ----------------------------------------------------------------------
@@ -48,6 +49,7 @@ class ImageRow:
     error_message: str | None
     # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
     variants: list[dict[str, Any]] | None
+    reuse: str | None  # a models.Reuse; None before re-runs, and for failed images
 
 
 _IMAGE_ROW = (
@@ -64,6 +66,7 @@ _IMAGE_ROW = (
     Image.error_code,
     Image.error_message,
     Image.variants,
+    Image.reuse,
 )
 
 
@@ -220,15 +223,52 @@ async def list_requests(
     return list(result.scalars())
 
 
-async def delete_request(session: AsyncSession, request_id: uuid.UUID) -> bool:
-    """The request and, by cascade, its products, images and webhook outbox; False if it was
-    gone already, or is still active (it is deleted only once it has finished)."""
+async def delete_request(session: AsyncSession, request_id: uuid.UUID) -> list[str] | None:
+    """The request and, by cascade, its products, images and webhook outbox; None if it was
+    gone already, or is still active (it is deleted only once it has finished).
+
+    Returns the keys of its stored images that no other request refers to any more, for the
+    caller to remove once this commits; the source cache forgets them in this transaction.
+    (Images stored under the request's own id, from before re-runs, are not listed.)
+    """
+    finished = (Request.id == request_id) & Request.status.not_in(ACTIVE_STATUSES)
+    scope = await session.scalar(select(Request.scope).where(finished))
+    outputs: dict[str, list[str]] = {}  # the first variant's key: every variant's
+    if scope is not None:
+        rows = await session.execute(
+            select(Image.output_key, Image.variants).where(
+                Image.request_id == request_id, Image.output_key.is_not(None)
+            )
+        )
+        for first, variants in rows:
+            outputs[first] = [first, *(output["key"] for output in variants or ())]
+        # A worker reusing one of these outputs now records it before, or not at all after.
+        await cache.lock_entries_of_outputs(session, list(outputs))
     result = await session.execute(
-        delete(Request)
-        .where(Request.id == request_id, Request.status.not_in(ACTIVE_STATUSES))
-        .execution_options(synchronize_session=False)
+        delete(Request).where(finished).execution_options(synchronize_session=False)
     )
-    return rowcount(result) == 1
+    if rowcount(result) != 1:
+        return None
+    still_used = await _referenced_outputs(session, list(outputs))
+    orphans = [first for first in outputs if first not in still_used]
+    await cache.forget_outputs(session, orphans)
+    return [key for first in orphans for key in outputs[first]]
+
+
+async def _referenced_outputs(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Which of these first-variant keys an image still refers to. An image's other variants
+    are made with its first, so they go or stay with it."""
+    found: set[str] = set()
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        rows = await session.execute(
+            select(Image.output_key).where(Image.output_key.in_(chunk)).distinct()
+        )
+        found.update(key for key in rows.scalars() if key is not None)
+    return found
+
+
+_IN_CHUNK = 500
 
 
 async def cancel_request(session: AsyncSession, request_id: uuid.UUID, *, now: datetime) -> bool:

@@ -32,6 +32,7 @@ from imgcrunch.models import (
     ImageStatus,
     Request,
     RequestStatus,
+    Reuse,
     VariantTotal,
 )
 from imgcrunch.repository._common import rowcount
@@ -59,6 +60,11 @@ class Batch:
     quality: int
     effort: str
     variants: list[dict[str, Any]] | None = None
+    # Whose it is, and where its images are stored (None: under its own id, from before
+    # re-runs); `refresh`: made without the owner's source cache.
+    owner: str | None = None
+    scope: uuid.UUID | None = None
+    refresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ async def claim_next_batch(
         chosen = (await connection.execute(_LONGEST_WAITING)).first()
         if chosen is None:
             return None
-        request_id, quality, effort, variants = chosen
+        request_id, *settings = chosen
         ids = (
             (await connection.execute(_NEXT_UNCLAIMED, {"n_request": request_id, "n_size": size}))
             .scalars()
@@ -131,7 +137,7 @@ async def claim_next_batch(
         )
         if not ids:
             continue
-        batch = Batch(request_id, ids[0], ids[-1], quality, effort, variants)
+        batch = Batch(request_id, ids[0], ids[-1], *settings)
         images = await _claim_range(connection, batch, worker, now, stale_before)
         await connection.execute(_CLAIMED_FROM, {"l_request": request_id, "l_now": now})
         if images:
@@ -140,7 +146,15 @@ async def claim_next_batch(
 
 
 _LONGEST_WAITING = (
-    select(_requests.c.id, _requests.c.quality, _requests.c.effort, _requests.c.variants)
+    select(
+        _requests.c.id,
+        _requests.c.quality,
+        _requests.c.effort,
+        _requests.c.variants,
+        _requests.c.owner,
+        _requests.c.scope,
+        _requests.c.refresh,
+    )
     .where(
         _requests.c.status.in_(ACTIVE_STATUSES),
         _requests.c.ingested_at.is_not(None),
@@ -227,6 +241,7 @@ class ImageResult:
     kept_original: bool = False
     # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
     variants: list[dict[str, Any]] | None = None
+    reuse: str | None = None  # a models.Reuse, for a done image of a request with a scope
     error_code: str | None = None
     error_message: str | None = None
 
@@ -244,11 +259,12 @@ _COPIED_COLUMNS = (
     "height",
     "kept_original",
     "variants",
+    "reuse",
     "error_code",
     "error_message",
 )
 _RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
-_RECORD_CHUNK = 64  # images per statement: 11 parameters each, well inside every database's cap
+_RECORD_CHUNK = 64  # images per statement: 12 parameters each, well inside every database's cap
 
 
 @functools.cache
@@ -284,6 +300,7 @@ def _record_statement(count: int) -> Update:
             _images.c.bytes_out,
             _images.c.kept_original,
             _images.c.variants,
+            _images.c.reuse,
         )
     )
 
@@ -304,7 +321,7 @@ async def record_results(
 ) -> None:
     """Record outcomes for images and their duplicates; recording twice changes nothing."""
     connection = await session.connection()
-    done = failed = kept = bytes_in = bytes_out = 0
+    done = failed = kept = reused = bytes_in = bytes_out = 0
     variant_totals: dict[int, list[int]] = {}  # position after the first: [bytes, kept]
     for start in range(0, len(results), _RECORD_CHUNK):
         chunk = results[start : start + _RECORD_CHUNK]
@@ -313,10 +330,11 @@ async def record_results(
         )
         # Counted from the rows the statement changed, not from the results: a row recorded
         # already (a redelivery, a second finisher) is not pending, so it moves no counter.
-        for status, row_bytes_in, row_bytes_out, kept_original, variants in changed:
+        for status, row_bytes_in, row_bytes_out, kept_original, variants, reuse in changed:
             if status == ImageStatus.DONE:
                 done += 1
                 kept += bool(kept_original)
+                reused += reuse == Reuse.REUSED
                 bytes_in += row_bytes_in or 0
                 bytes_out += row_bytes_out or 0
                 for position, output in enumerate(variants or (), start=1):
@@ -333,6 +351,7 @@ async def record_results(
                 "a_done": done,
                 "a_failed": failed,
                 "a_kept": kept,
+                "a_reused": reused,
                 "a_bytes_in": bytes_in,
                 "a_bytes_out": bytes_out,
                 "a_now": now,
@@ -368,6 +387,7 @@ _ADD_COUNTS = (
         done_images=_requests.c.done_images + bindparam("a_done", type_=Integer),
         failed_images=_requests.c.failed_images + bindparam("a_failed", type_=Integer),
         kept_images=_requests.c.kept_images + bindparam("a_kept", type_=Integer),
+        reused_images=_requests.c.reused_images + bindparam("a_reused", type_=Integer),
         bytes_in=_requests.c.bytes_in + bindparam("a_bytes_in", type_=BigInteger),
         bytes_out=_requests.c.bytes_out + bindparam("a_bytes_out", type_=BigInteger),
         updated_at=bindparam("a_now"),

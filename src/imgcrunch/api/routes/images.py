@@ -1,4 +1,6 @@
-"""GET /images/{request}/{file}: the compressed images, as the output CSV links them.
+"""GET /images/{scope}/{file}: the compressed images, as the output CSV links them. The scope
+is the owner's (requests from before re-runs used their own id); the file is named by its
+content.
 
 Read through the `Storage` protocol, so they are served the same from whichever store holds
 them. Keys are content hashes that never change content, so a client or CDN may keep each
@@ -27,7 +29,7 @@ _NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg|webp|avif)")
 
 
 @router.get(
-    "/images/{request_id}/{name}",
+    "/images/{scope}/{name}",
     response_class=Response,
     responses={
         200: {
@@ -40,15 +42,15 @@ _NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<extension>jpg|webp|avif)")
     },
 )
 async def image(
-    request_id: str,
+    scope: str,
     name: str,
     services: ServicesDep,
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     found = _NAME.fullmatch(name)
-    if found is None or not _is_uuid(request_id):
-        raise ApiError(404, "not_found", f"no image {request_id}/{name}")
-    key = f"images/{request_id}/{name}"
+    if found is None or not _is_uuid(scope):
+        raise ApiError(404, "not_found", f"no image {scope}/{name}")
+    key = f"images/{scope}/{name}"
     if services.settings.s3_presign and (
         signed := await asyncio.to_thread(
             services.storage.presigned_url, key, seconds=services.settings.s3_presign_seconds
@@ -62,16 +64,14 @@ async def image(
     try:
         data = await asyncio.to_thread(services.storage.get, key)
     except FileNotFoundError:
-        raise ApiError(404, "not_found", f"no image {request_id}/{name}") from None
+        raise ApiError(404, "not_found", f"no image {scope}/{name}") from None
     except OSError as exc:
         raise storage_fault(exc) from exc
     return Response(data, media_type=media_type(key), headers=headers)
 
 
 # HEAD answers as GET does, without the body; not a second operation in the OpenAPI document.
-router.add_api_route(
-    "/images/{request_id}/{name}", image, methods=["HEAD"], include_in_schema=False
-)
+router.add_api_route("/images/{scope}/{name}", image, methods=["HEAD"], include_in_schema=False)
 
 
 def _is_uuid(text: str) -> bool:

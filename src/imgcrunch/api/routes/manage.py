@@ -128,7 +128,8 @@ async def _summary(session: SessionDep, request: Request, urls: UrlsDep) -> Requ
 async def delete_request(
     request: OwnedRequestDep, session: SessionDep, services: ServicesDep
 ) -> Response:
-    """Remove a finished request: its rows, its images and its CSVs. The output URLs stop
+    """Remove a finished request: its rows, its CSVs, and its images that no other request of
+    the same owner shares (an unchanged image keeps one URL across re-runs): those URLs stop
     working. A request still queued or processing cannot be deleted."""
     if request.status in ACTIVE_STATUSES:
         raise ApiError(
@@ -138,9 +139,10 @@ async def delete_request(
         )
     # Rows first: were the files removed first and the rows not, the request would point at
     # files that are gone. Files left by a failed removal are only wasted space.
-    deleted = await repository.delete_request(session, request.id)
+    unshared = await repository.delete_request(session, request.id)
     await session.commit()
-    if not deleted:
+    if unshared is None:
         raise ApiError(404, "not_found", f"no request {request.id}")
+    await asyncio.to_thread(services.storage.remove, unshared)
     await asyncio.to_thread(services.storage.remove_request, request.id)
     return Response(status_code=204)

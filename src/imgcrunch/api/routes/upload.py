@@ -24,7 +24,7 @@ router = APIRouter(tags=["requests"])
 _CHUNK = 1024 * 1024
 _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
 _ERRORS = error_responses(401, 413, 422, 429)
-_FIELDS = ("file", "webhook_url", "quality", "effort", "variants")
+_FIELDS = ("file", "webhook_url", "quality", "effort", "variants", "refresh")
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
@@ -78,6 +78,16 @@ async def upload(
             "pixel limit (IMGCRUNCH_MAX_PIXELS); `pad` needs both sides",
         ),
     ] = "",
+    refresh: Annotated[
+        bool,
+        Form(
+            description="true: make every image again, ignoring what this owner's earlier "
+            "requests made of the same URLs with the same options (after changing encoders, "
+            "say). By default an image unchanged at its origin (it answers 304 to the "
+            "validators it sent, or sends the same bytes) is reused: not decoded, encoded or "
+            "stored again, and at the same URL",
+        ),
+    ] = False,
 ) -> Accepted:
     await _refuse_unknown_fields(request)
     made = _checked_variants(variants, services.variants, settings.max_pixels)
@@ -100,6 +110,7 @@ async def upload(
         variants=made,
         webhook_url=webhook,
         owner=owner,
+        refresh=refresh,
     )
     services.dispatcher.submit(request_id)
     return Accepted(

@@ -85,6 +85,7 @@ function figures(request) {
   const p = request.progress;
   const parts = [`${p.done} of ${p.total} done`, `${p.failed} failed`];
   if (p.kept_original) parts.push(`${p.kept_original} kept as they were`);
+  if (p.reused) parts.push(`${p.reused} unchanged since the last run, reused`);
   if (request.savings_percent !== null) parts.push(`${request.savings_percent}% saved`);
   parts.push(`${size(request.bytes_in)} → ${size(request.bytes_out)}`);
   if (request.images_per_second) parts.push(`${request.images_per_second} images/s`);
@@ -178,6 +179,12 @@ function variantsLine(status) {
   );
 }
 
+// How the source cache served a done image (the images listing's `reuse`).
+const REUSE_TEXT = {
+  reused: " · unchanged, reused",
+  changed: " · changed at its origin: new URL",
+};
+
 function imageRow(image) {
   const before = el("img", { src: image.source_url, alt: `original of row ${image.row}`, loading: "lazy" });
   const after = image.variants.length > 1
@@ -189,7 +196,8 @@ function imageRow(image) {
   if (image.status === "done") {
     const saved = image.bytes_in ? Math.round(100 * (1 - image.bytes_out / image.bytes_in)) : 0;
     const kept = image.kept_original ? ": original kept, without metadata (re-encoding would not shrink it)" : "";
-    result = el("span", { text: `${saved}% smaller${kept}` });
+    const reuse = REUSE_TEXT[image.reuse] || "";
+    result = el("span", { text: `${saved}% smaller${kept}${reuse}` });
   } else if (image.status === "failed") {
     result = el("span", { class: "error-text", text: `${image.error_code}: ${image.error_message}` });
   } else {
