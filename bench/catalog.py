@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from email.utils import formatdate
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -218,6 +218,15 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Report:
+    images: int
+    changed_share: float
+    validators: str
+    storages: list[StorageReport]
+    lines: list[str]
+
+
+@dataclass(frozen=True)
 class StorageReport:
     storage: str
     runs: list[Run]
@@ -368,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.remove()
     lines = report_lines(reports)
     print("\n".join(lines))
-    write_json({"reports": [asdict(report) for report in reports], "lines": lines}, args.json)
+    write_json(Report(args.images, args.changed, args.validators, reports, lines), args.json)
     return 0
 
 

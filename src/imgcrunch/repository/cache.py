@@ -136,7 +136,9 @@ async def remember_sources(
                 "result": source.result,
                 "updated_at": now,
             }
-            for source in sources
+            # In one order everywhere, as `lock_entries` takes them: two batches sharing
+            # entries lock them one after the other, never each waiting for the other.
+            for source in sorted(sources, key=lambda source: source.url_digest)
         ],
     )
 
