@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
+import uuid
 
 import httpx
 
@@ -245,3 +247,38 @@ def test_a_requests_images_are_listed_in_input_order(
     assert httpx.get(done["output_url"]).status_code == 200
     assert 0 < done["bytes_out"] < done["bytes_in"]
     assert (done["width"], done["height"]) > (0, 0)
+
+
+def test_a_request_from_before_reruns_keeps_its_urls_and_deleting_it_removes_its_files(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    service = make_service()
+    request_id = finished(service, image_server, "legacy-")
+    service.stop()
+    # As migration 0008 left a request made before it: no scope, its images stored under its
+    # own id (images/<request id>/<sha256>.jpg).
+    hex_id = uuid.UUID(request_id).hex
+    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
+        keys = [key for (key,) in db.execute("SELECT output_key FROM images")]
+        for key in keys:
+            old = service.data_dir / "images" / request_id / key.rsplit("/", 1)[1]
+            old.parent.mkdir(parents=True, exist_ok=True)
+            (service.data_dir / key).rename(old)
+        db.execute("UPDATE requests SET scope = NULL WHERE id = ?", (hex_id,))
+        db.execute(
+            "UPDATE images SET output_key = 'images/' || ? || '/' || "
+            "substr(output_key, length(output_key) - 67) WHERE request_id = ?",
+            (request_id, hex_id),
+        )
+    service.start()
+    with service.client() as client:
+        images = client.get(f"/requests/{request_id}/images").json()["images"]
+        urls = [image["output_url"] for image in images]
+        assert len(urls) == 2
+        for url in urls:
+            assert url.startswith(f"{service.base_url}/images/{request_id}/")
+            assert httpx.get(url).status_code == 200
+        assert client.delete(f"/requests/{request_id}").status_code == 204
+    for url in urls:
+        assert httpx.get(url).status_code == 404
+    assert not (service.data_dir / "images" / request_id).exists()
