@@ -10,13 +10,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from imgcrunch.signing import new_secret
+from tests import servers
 from tests.plugins.services import Service, ServiceFactory
+from tests.plugins.stores import Bucket
 from tests.waiting import wait_until
 
 CLAIM_TIMEOUT = 3.0  # seconds: the lease, short, so that a dead worker's claims go quickly
@@ -167,3 +171,25 @@ def running_scale_out(
     finally:
         for worker in started:
             worker.stop()
+
+
+@contextmanager
+def on_bucket(
+    make_service: ServiceFactory,
+    tmp_path: Path,
+    bucket: Bucket,
+    postgres: servers.Postgres,
+    redis_server: servers.Redis,
+) -> Iterator[ScaleOut]:
+    """Scale-out (PostgreSQL, Redis, Celery workers) storing in the bucket, no folder shared."""
+    with running_scale_out(
+        make_service,
+        tmp_path,
+        database_url=postgres.new_database(),
+        broker_url=servers.REDIS_URL,
+        key_prefix=redis_server.new_prefix(),
+        # No folder is shared, so neither is a made secret: the deployment names one.
+        settings=bucket.settings() | {"webhook_secret": new_secret()},
+        own_folders=True,
+    ) as deployment:
+        yield deployment

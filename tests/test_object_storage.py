@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from imgcrunch.signing import new_secret
 from tests import servers
 from tests.outputs import image_key_of
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.services import Service, ServiceFactory
 from tests.plugins.stores import Bucket
 from tests.products import products_csv
-from tests.scale_out import ScaleOut, running_scale_out
+from tests.scale_out import on_bucket
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -164,28 +162,6 @@ def progress(service: Service, request_id: str) -> dict[str, Any]:
 
 def waiting(service: Service, request_id: str) -> bool:
     return str(service.status(request_id).get("waiting") or "").startswith("storage unavailable")
-
-
-@contextmanager
-def on_bucket(
-    make_service: ServiceFactory,
-    tmp_path: Path,
-    bucket: Bucket,
-    postgres: servers.Postgres,
-    redis_server: servers.Redis,
-) -> Iterator[ScaleOut]:
-    """Scale-out (PostgreSQL, Redis, Celery workers) storing in the bucket, no folder shared."""
-    with running_scale_out(
-        make_service,
-        tmp_path,
-        database_url=postgres.new_database(),
-        broker_url=servers.REDIS_URL,
-        key_prefix=redis_server.new_prefix(),
-        # No folder is shared, so neither is a made secret: the deployment names one.
-        settings=bucket.settings() | {"webhook_secret": new_secret()},
-        own_folders=True,
-    ) as deployment:
-        yield deployment
 
 
 def test_scale_out_needs_no_shared_folder_and_a_killed_worker_loses_nothing(

@@ -356,3 +356,80 @@ async def test_a_due_event_is_leased_to_one_caller_until_the_lease_ends(
     assert await lease(now) == ["msg_1"]
     assert await lease(now) == []  # a second worker asking at the same time gets nothing
     assert await lease(now + timedelta(seconds=71)) == ["msg_1"]  # its sender died: due again
+
+
+# --- the source cache -------------------------------------------------------------------------
+
+URL = "https://shop.example.com/mug.jpg"
+
+
+def done(image_id: int, key: str, reuse: str) -> ImageResult:
+    return ImageResult(
+        image_id=image_id, output_key=key, bytes_in=10, bytes_out=5, width=1, height=1, reuse=reuse
+    )
+
+
+async def finished_with(sessions: SessionFactory, key: str, reuse: str) -> uuid.UUID:
+    """A finished request of one image, at URL, whose output is stored at `key`."""
+    request_id = await create(sessions, row(2, URL))
+    [image_id] = await claim(sessions, "w")
+    async with sessions.begin() as session:
+        await repository.record_results(
+            session, request_id, [done(image_id, key, reuse)], now=utcnow()
+        )
+    assert await finish_with_event(sessions, request_id, event_id=str(uuid.uuid4()))
+    return request_id
+
+
+async def remember(sessions: SessionFactory, key: str) -> None:
+    source = repository.CachedSource(
+        url_digest=repository.url_digest(URL),
+        etag='"v1"',
+        last_modified=None,
+        source_sha256="0" * 64,
+        output_key=key,
+        result={"output_key": key, "bytes_in": 10, "bytes_out": 5, "width": 1, "height": 1},
+    )
+    async with sessions.begin() as session:
+        await repository.remember_sources(
+            session, owner="", spec_digest="spec", sources=[source], now=utcnow()
+        )
+
+
+async def delete(sessions: SessionFactory, request_id: uuid.UUID) -> list[str] | None:
+    async with sessions.begin() as session:
+        return await repository.delete_request(session, request_id)
+
+
+async def test_a_delete_waits_for_a_reuse_of_its_outputs_and_then_keeps_them(
+    sessions: SessionFactory,
+) -> None:
+    key = f"images/{uuid.uuid4()}/{'ab' * 32}.jpg"
+    first = await finished_with(sessions, key, "not_cached")
+    await remember(sessions, key)
+    second = await create(sessions, row(2, URL))
+    [image_id] = await claim(sessions, "w")
+    digest = repository.url_digest(URL)
+
+    # A worker reusing the entry holds it until it has recorded the reuse; a delete of the
+    # only other request that refers to the outputs waits, then sees the new reference.
+    async with sessions.begin() as worker:
+        present = await repository.lock_entries(
+            worker, owner="", spec_digest="spec", url_digests=[digest], now=utcnow()
+        )
+        assert present == {digest}
+        deleting = asyncio.create_task(delete(sessions, first))
+        await asyncio.sleep(0.5)  # time for the delete to run ahead, were it not held
+        await repository.record_results(
+            worker, second, [done(image_id, key, "reused")], now=utcnow()
+        )
+    assert await deleting == []  # the file stays: the second request refers to it
+
+    # Now the second goes, the last to refer to the outputs: they go, and the entry with them.
+    assert await finish_with_event(sessions, second, event_id=str(uuid.uuid4()))
+    assert await delete(sessions, second) == [key]
+    async with sessions.begin() as worker:
+        gone = await repository.lock_entries(
+            worker, owner="", spec_digest="spec", url_digests=[digest], now=utcnow()
+        )
+    assert gone == set()

@@ -14,7 +14,6 @@ import httpx
 import pytest
 import pyvips
 
-from imgcrunch.signing import new_secret
 from tests import servers
 from tests.imaging import PHOTOS
 from tests.outputs import image_key_of, scope_of
@@ -22,7 +21,7 @@ from tests.plugins.catalog_origin import CatalogOrigin, CatalogOriginFactory, Ki
 from tests.plugins.services import Service, ServiceFactory, scrape
 from tests.plugins.stores import Bucket
 from tests.products import products_csv
-from tests.scale_out import running_scale_out
+from tests.scale_out import on_bucket
 
 IMAGES = 6
 ALICE, BOB = "alice-key-" + "a" * 30, "bob-key-" + "b" * 30
@@ -47,6 +46,18 @@ def run(service: Service, urls: list[str], **form: str) -> tuple[str, dict[str, 
     status = service.wait_until_finished(request_id, timeout=90)
     assert status["status"] == "completed", status
     return request_id, status
+
+
+def run_together(service: Service, urls: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Two requests of the same catalog at the same time."""
+    results: list[tuple[str, dict[str, Any]]] = []
+    threads = [threading.Thread(target=lambda: results.append(run(service, urls))) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2
+    return results
 
 
 def listing(service: Service, request_id: str, key: str | None = None) -> list[dict[str, Any]]:
@@ -228,13 +239,7 @@ def test_concurrent_requests_sharing_images_each_do_every_image_once(
 ) -> None:
     service = make_service()
     urls = feed(catalog_origin("both"))
-    results: list[tuple[str, dict[str, Any]]] = []
-    threads = [threading.Thread(target=lambda: results.append(run(service, urls))) for _ in "ab"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 2
+    results = run_together(service, urls)
     for request_id, status in results:
         assert status["progress"]["done"] == IMAGES
         images = listing(service, request_id)
@@ -257,23 +262,10 @@ def test_scale_out_on_a_bucket_reuses_shares_and_deletes_as_embedded_does(
     """PostgreSQL's row locks and upserts, Celery workers with no shared folder, S3."""
     origin = catalog_origin("both")
     urls = feed(origin)
-    with running_scale_out(
-        make_service,
-        tmp_path,
-        database_url=postgres.new_database(),
-        broker_url=servers.REDIS_URL,
-        key_prefix=redis_server.new_prefix(),
-        settings=bucket.settings() | {"webhook_secret": new_secret()},
-        own_folders=True,
-    ) as deployment:
+    with on_bucket(make_service, tmp_path, bucket, postgres, redis_server) as deployment:
         api = deployment.api
         # Two at once, sharing every image: each does each image once, one file each.
-        results: list[tuple[str, dict[str, Any]]] = []
-        threads = [threading.Thread(target=lambda: results.append(run(api, urls))) for _ in "ab"]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = run_together(api, urls)
         assert sorted(status["progress"]["done"] for _, status in results) == [IMAGES, IMAGES]
         first, _ = results[0]
         first_urls = [image["output_url"] for image in listing(api, first)]

@@ -613,7 +613,7 @@ async def _lost_reuses(session: AsyncSession, cache: _CacheKey, made: Sequence[_
     if not reused:
         return set()
     present = await repository.lock_entries(
-        session, owner=cache.owner, spec_digest=cache.spec, url_digests=list(reused)
+        session, owner=cache.owner, spec_digest=cache.spec, url_digests=list(reused), now=utcnow()
     )
     return {image_id for digest, image_id in reused.items() if digest not in present}
 

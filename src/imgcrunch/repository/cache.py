@@ -91,20 +91,28 @@ async def cached_sources(
 
 
 async def lock_entries(
-    session: AsyncSession, *, owner: str, spec_digest: str, url_digests: Sequence[str]
+    session: AsyncSession,
+    *,
+    owner: str,
+    spec_digest: str,
+    url_digests: Sequence[str],
+    now: datetime,
 ) -> set[str]:
-    """Those of the entries that still exist, locked until the transaction ends (PostgreSQL;
-    SQLite has one writer at a time): the outputs of each are not deleted meanwhile."""
+    """Those of the entries that still exist, marked used now and locked until the transaction
+    ends, so that their outputs are not deleted meanwhile. An UPDATE, not a SELECT: it locks
+    the rows in PostgreSQL, and in SQLite it starts the transaction's write at once (a read
+    would not), so that a delete committed after this read cannot slip in before the write."""
     present: set[str] = set()
     for chunk in _chunks(sorted(set(url_digests))):
         rows = await session.execute(
-            select(_cache.c.url_digest)
+            _cache.update()
             .where(
                 _cache.c.owner == owner,
                 _cache.c.spec_digest == spec_digest,
                 _cache.c.url_digest.in_(chunk),
             )
-            .with_for_update()
+            .values(updated_at=now)
+            .returning(_cache.c.url_digest)
         )
         present.update(rows.scalars())
     return present
@@ -151,10 +159,14 @@ async def forget_outputs(session: AsyncSession, output_keys: Sequence[str]) -> N
 
 async def lock_entries_of_outputs(session: AsyncSession, output_keys: Sequence[str]) -> None:
     """Lock the entries of these outputs (PostgreSQL), so that no worker records a reuse of
-    them until the caller's transaction has decided which outputs go."""
+    them until the caller's transaction has decided which outputs go. (SQLite: the caller's
+    delete that follows takes the one write lock.) In URL digest order, as `lock_entries`."""
     for chunk in _chunks(sorted(set(output_keys))):
         await session.execute(
-            select(_cache.c.id).where(_cache.c.output_key.in_(chunk)).with_for_update()
+            select(_cache.c.id)
+            .where(_cache.c.output_key.in_(chunk))
+            .order_by(_cache.c.url_digest)
+            .with_for_update()
         )
 
 
