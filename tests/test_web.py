@@ -178,3 +178,33 @@ def test_the_page_fits_a_phone(page: Any, service: Any) -> None:
     page.get_by_role("button", name="Upload").wait_for()
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0  # nothing wider than the screen
+
+
+def test_a_rerun_shows_what_was_reused_and_the_box_makes_every_image_again(
+    page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    a, b = image_server.photo_urls(2, tag="web-rerun-")
+    csv_path = write_products(tmp_path, f'1,Mug,"{a},{b}"')
+    page.goto(f"{service.base_url}/")
+    for upload in range(2):
+        page.get_by_label("Products CSV").set_input_files(str(csv_path))
+        page.get_by_role("button", name="Upload").click()
+        expect(page.locator("#upload-message")).to_contain_text("Accepted: 2 images")
+        expect(page.locator("li.request")).to_have_count(upload + 1)
+        expect(page.locator("li.request").first).to_have_attribute("data-status", "completed")
+    card = page.locator("li.request").first
+    expect(card).to_contain_text("2 unchanged since the last run, reused")
+    card.get_by_role("link").click()
+    expect(page.locator("#images")).to_contain_text("unchanged, reused")
+
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_label("Make every image again").check()
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("li.request")).to_have_count(3)
+    newest = page.locator("li.request").first
+    expect(newest).to_have_attribute("data-status", "completed")
+    expect(newest).not_to_contain_text("reused")
