@@ -168,8 +168,8 @@ async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(
 
 async def image_states(running: Running, request_id: uuid.UUID) -> list[tuple[str, int]]:
     async with running.runtime.sessions() as session:
-        rows = await repository.request_images(session, request_id, limit=100, offset=0)
-    return [(row.status, row.bytes_out or 0) for row in rows]
+        rows = await repository.request_images(session, request_id, limit=100, after=None)
+    return [(row.status, row.bytes_out or 0) for _, row in rows]
 
 
 async def test_a_full_disk_fails_no_image_and_the_request_waits_then_resumes(

@@ -433,3 +433,25 @@ async def test_a_delete_waits_for_a_reuse_of_its_outputs_and_then_keeps_them(
             worker, owner="", spec_digest="spec", url_digests=[digest], now=utcnow()
         )
     assert gone == set()
+
+
+async def test_images_are_paged_by_their_place_in_the_file(sessions: SessionFactory) -> None:
+    rows = [row(2, "https://x/a", "https://x/b", "https://x/c"), row(3, "https://x/d")]
+    rows += [row(4, "https://x/e", "https://x/f"), row(5, "https://x/a")]  # a duplicate too
+    request_id = await create(sessions, *rows)
+    await create(sessions, row(2, "https://x/other"))  # another request's images: not these
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        async with sessions() as session:
+            page = await repository.request_images(session, request_id, limit=2, after=after)
+        if not page:
+            break
+        pages.append([image.source_url for _, image in page])
+        after = page[-1][0]
+    assert pages == [
+        ["https://x/a", "https://x/b"],
+        ["https://x/c", "https://x/d"],
+        ["https://x/e", "https://x/f"],
+        ["https://x/a"],
+    ]

@@ -35,6 +35,7 @@ from imgcrunch.repository.outbox import (
     seconds_until_delivery_due,
 )
 from imgcrunch.repository.requests import (
+    ImagePlace,
     ImageRow,
     ProductOutcome,
     VariantTotals,
@@ -80,6 +81,7 @@ __all__ = [
     "CachedSource",
     "Claim",
     "ClaimedImage",
+    "ImagePlace",
     "ImageResult",
     "ImageRow",
     "NewEvent",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, true, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imgcrunch.models import (
@@ -113,11 +113,31 @@ async def kept_images(
     return await _image_rows(session, request_id, Image.kept_original.is_(True), limit=limit)
 
 
+# An image's place in the input file: its product's position (the row), then its own within
+# the row. A page of the images listing starts after the place of the last image shown.
+ImagePlace = tuple[int, int]
+
+
 async def request_images(
-    session: AsyncSession, request_id: uuid.UUID, *, limit: int, offset: int
-) -> list[ImageRow]:
-    """The request's images in the order of the input file: rows, then URLs within a row."""
-    return await _image_rows(session, request_id, true(), limit=limit, offset=offset)
+    session: AsyncSession, request_id: uuid.UUID, *, limit: int, after: ImagePlace | None
+) -> list[tuple[ImagePlace, ImageRow]]:
+    """The request's images in the order of the input file (rows, then URLs within a row),
+    from the one after `after`, each with its place. By key, not by offset: any page of a
+    million images costs what the first does."""
+    # The first page too starts after a place (before the first), so that the planner walks
+    # the products' index in order there as well, rather than sorting every image. The row's
+    # bound is stated alone too: the place spans two tables, and each database's planner
+    # ranges over the products' index only on a condition of the products' own.
+    row, position = after or (-1, -1)
+    condition = (Product.position >= row) & or_(Product.position > row, Image.position > position)
+    result = await session.execute(
+        select(Product.position, Image.position, *_IMAGE_ROW)
+        .join(Product, Product.id == Image.product_id)
+        .where(Image.request_id == request_id, Product.request_id == request_id, condition)
+        .order_by(Product.position, Image.position)
+        .limit(limit)
+    )
+    return [((row_place, image_place), ImageRow(*rest)) for row_place, image_place, *rest in result]
 
 
 async def _image_rows(

@@ -59,17 +59,31 @@ async def list_images(
     session: SessionDep,
     urls: UrlsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,9}\.\d{1,9}$",
+            description="where the page starts: after this place (as `next_url` gives it)",
+        ),
+    ] = None,
 ) -> ImageList:
     """Each image of the request, in the input's order: where it came from, what became of it
-    (output URL, sizes) or why it failed."""
-    found = await repository.request_images(session, request.id, limit=limit + 1, offset=offset)
+    (output URL, sizes) or why it failed. Paged by place, so that every page of a big request
+    is as quick as the first: follow `next_url`."""
+    start = None if after is None else _place(after)
+    found = await repository.request_images(session, request.id, limit=limit + 1, after=start)
     names = [variant.name for variant in variant_specs.from_json(request.variants)]
-    images = [image_info(image, urls, names) for image in found[:limit]]
+    images = [image_info(image, urls, names) for _, image in found[:limit]]
     next_url = None
     if len(found) > limit:
-        next_url = urls.page(f"/requests/{request.id}/images?limit={limit}&offset={offset + limit}")
+        (row, position), _ = found[limit - 1]
+        next_url = urls.page(f"/requests/{request.id}/images?limit={limit}&after={row}.{position}")
     return ImageList(images=images, next_url=next_url)
+
+
+def _place(after: str) -> repository.ImagePlace:
+    row, position = after.split(".")
+    return int(row), int(position)
 
 
 @router.post("/requests/{request_id}/cancel", response_model=RequestSummary, responses=_ERRORS)

@@ -8,6 +8,7 @@ const ACTIVE = new Set(["queued", "processing"]);
 let apiKey = localStorage.getItem(KEY_STORAGE) || "";
 let timer = null;
 let imagesShown = 0;
+let nextImages = null; // where the next page of a request's images starts (its `after`)
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -216,7 +217,9 @@ function imageRow(image) {
 }
 
 async function showImages(requestId, { more = false } = {}) {
-  const body = await (await api(`/requests/${requestId}/images?limit=100&offset=${more ? imagesShown : 0}`)).json();
+  const after = more && nextImages ? `&after=${nextImages}` : "";
+  const body = await (await api(`/requests/${requestId}/images?limit=100${after}`)).json();
+  nextImages = body.next_url ? new URL(body.next_url).searchParams.get("after") : null;
   const tbody = document.querySelector("#images tbody");
   const rows = body.images.map(imageRow);
   if (more) tbody.append(...rows); else tbody.replaceChildren(...rows);
