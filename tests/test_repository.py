@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from imgcrunch import repository
 from imgcrunch.csvio import InputRow
 from imgcrunch.db import SessionFactory, create_engine, session_factory, upgrade
 from imgcrunch.models import Image, Request, RequestStatus, WebhookDelivery, utcnow
 from imgcrunch.repository import Claim, ImageResult, NewRequest
+from tests import servers
 from tests.records import finish_with_event
 
 pytestmark = pytest.mark.anyio
@@ -455,3 +456,26 @@ async def test_images_are_paged_by_their_place_in_the_file(sessions: SessionFact
         ["https://x/e", "https://x/f"],
         ["https://x/a"],
     ]
+
+
+@pytest.fixture
+def postgres_url(postgres: servers.Postgres) -> str:
+    return postgres.new_database()
+
+
+async def test_a_big_ingest_leaves_postgresql_statistics_to_plan_its_pages_by(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url)
+    await upgrade(engine)
+    sessions = session_factory(engine)
+    try:
+        rows = [row(n + 2, *(f"https://x/{n}/{k}" for k in range(5))) for n in range(2_000)]
+        await create(sessions, *rows)  # 10,000 images
+        async with sessions() as session:
+            counted = await session.scalar(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'images'")
+            )
+        assert counted == 10_000  # not -1: analysed at once, not a minute later by autovacuum
+    finally:
+        await engine.dispose()

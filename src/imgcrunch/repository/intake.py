@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -147,7 +148,19 @@ async def ingest_rows(
             Image,
             [image | {"duplicate_of": id_of_url[image["source_url"]]} for image in repeats],
         )
+    if len(firsts) + len(repeats) >= _ANALYZE_AFTER and _is_postgresql(session):
+        # Fresh statistics for the planner now, not when autovacuum gets to it (up to a minute
+        # later): without them, PostgreSQL pages a big request's images listing by a sort of
+        # every image (150-580 ms a page of 200,000 images), not by the products' index (3 ms).
+        await session.execute(text("ANALYZE products, images"))
     return True
+
+
+_ANALYZE_AFTER = 10_000  # images stored at once
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 async def _insert_chunked(
