@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pyvips
@@ -47,6 +47,7 @@ from harness import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     BenchError,
+    OriginProtocol,
     completion_seconds,
     load_photos,
     running_service,
@@ -69,27 +70,10 @@ TARGET_CHANGED_SPEEDUP = 6.0
 # --- the origin -------------------------------------------------------------------------------
 
 
-class _CatalogProtocol(asyncio.Protocol):
-    """GET /c/<n>.jpg: photo n % photos, flipped once image n is changed; conditional GETs."""
-
-    def __init__(self, origin: _OriginState) -> None:
-        self._origin = origin
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
-            head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
-            assert self._transport is not None
-            self._transport.write(self._origin.answer(head))
-
-
 @dataclass
 class _OriginState:
+    """GET /c/<n>.jpg: photo n % photos, flipped once image n is changed; conditional GETs."""
+
     photos: list[bytes]  # the originals, then the same flipped
     validators: str  # both | last_modified | none
     changed: Any  # RawArray of bytes: 1 where image n is changed
@@ -141,7 +125,7 @@ def _origin_main(state: _OriginState, ready: Connection) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _CatalogProtocol(state), "127.0.0.1", 0, backlog=1024
+            lambda: OriginProtocol(state.answer), "127.0.0.1", 0, backlog=1024
         )
         ready.send(server.sockets[0].getsockname()[1])
         async with server:

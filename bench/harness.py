@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import json
 import math
 import multiprocessing
@@ -271,12 +272,12 @@ class RssSampler(threading.Thread):
 # --- the image origin -------------------------------------------------------------------------
 
 
-class _OriginProtocol(asyncio.Protocol):
-    """Just enough HTTP/1.1: GET /p/<n>/<name>.jpg from memory, keep-alive, nothing else."""
+class OriginProtocol(asyncio.Protocol):
+    """Just enough HTTP/1.1 for a bench's origin: each request's head (bodies are never sent)
+    goes to `answer`, whose bytes are the whole response; keep-alive."""
 
-    def __init__(self, responses: dict[bytes, bytes], served: ctypes.c_uint64) -> None:
-        self._responses = responses
-        self._served = served
+    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+        self._answer = answer
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -284,20 +285,22 @@ class _OriginProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
         self._buffer += data
         while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
             head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
-            self._answer(head)
+            self._transport.write(self._answer(head))
+            if b"connection: close" in head.lower():
+                self._transport.close()
 
-    def _answer(self, head: bytes) -> None:
-        assert self._transport is not None
-        parts = head.split(b"\r\n", 1)[0].split(b" ")
-        path = parts[1] if len(parts) == 3 else b""
-        response = self._responses.get(path.rpartition(b"/")[2]) if path[:3] == b"/p/" else None
-        self._transport.write(response or _NOT_FOUND)
-        self._served.value += 1
-        if b"connection: close" in head.lower():
-            self._transport.close()
+
+def _from_memory(responses: dict[bytes, bytes], served: ctypes.c_uint64, head: bytes) -> bytes:
+    """GET /p/<n>/<name>.jpg: the photo of that name, whatever n."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    path = parts[1] if len(parts) == 3 else b""
+    response = responses.get(path.rpartition(b"/")[2]) if path[:3] == b"/p/" else None
+    served.value += 1
+    return response or _NOT_FOUND
 
 
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
@@ -317,7 +320,10 @@ async def _serve_origin(
 ) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _OriginProtocol(responses, served), "127.0.0.1", 0, backlog=1024
+        lambda: OriginProtocol(functools.partial(_from_memory, responses, served)),
+        "127.0.0.1",
+        0,
+        backlog=1024,
     )
     ready.send(server.sockets[0].getsockname()[1])
     ready.close()

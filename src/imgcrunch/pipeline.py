@@ -370,7 +370,7 @@ class Pipeline:
                         session,
                         owner=cache.owner,
                         spec_digest=cache.spec,
-                        sources=[outcome.source for outcome in made if outcome.source],
+                        sources=[o.source for o in made if o.source and o.remember],
                         now=utcnow(),
                     )
                 await repository.release_images(
@@ -468,7 +468,7 @@ class Pipeline:
             last_modified=fetched.validators.last_modified,
             source_sha256=source_sha256,
             output_key=first.key,
-            result={column: getattr(result, column) for column in _CACHED_RESULT},
+            result=result.outputs(),
         )
         return _Made(result, source)
 
@@ -576,25 +576,16 @@ class _Made:
 
     result: ImageResult
     source: repository.CachedSource | None
-
-
-# What a cache entry keeps of its image's result, to record it again for the next request.
-_CACHED_RESULT = (
-    "output_key",
-    "bytes_in",
-    "bytes_out",
-    "width",
-    "height",
-    "kept_original",
-    "variants",
-)
+    # The entry is new or changed: written back. A reuse whose validators held is not (the
+    # reuse check marks its entry used already).
+    remember: bool = True
 
 
 def _reused(image: ClaimedImage, cached: repository.CachedSource, validators: Validators) -> _Made:
     """The image as its owner's cache has it: no decode, no encode, no write."""
     result = ImageResult(image_id=image.id, reuse=Reuse.REUSED, **cached.result)
     refreshed = replace(cached, etag=validators.etag, last_modified=validators.last_modified)
-    return _Made(result, refreshed)
+    return _Made(result, refreshed, remember=refreshed != cached)
 
 
 def _why_made(batch: Batch, cached: repository.CachedSource | None) -> Reuse:

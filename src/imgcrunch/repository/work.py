@@ -249,9 +249,13 @@ class ImageResult:
     def ok(self) -> bool:
         return self.error_code is None
 
+    def outputs(self) -> dict[str, Any]:
+        """What a done image made, by field: all a source cache entry needs to record it again."""
+        return {field: getattr(self, field) for field in _OUTPUT_FIELDS}
 
-# What a result sets on its image row: the status, then ImageResult's fields of the same names.
-_COPIED_COLUMNS = (
+
+# A done image's outputs, as ImageResult's fields and the image row's columns name them.
+_OUTPUT_FIELDS = (
     "output_key",
     "bytes_in",
     "bytes_out",
@@ -259,10 +263,9 @@ _COPIED_COLUMNS = (
     "height",
     "kept_original",
     "variants",
-    "reuse",
-    "error_code",
-    "error_message",
 )
+# What a result sets on its image row: the status, then ImageResult's fields of the same names.
+_COPIED_COLUMNS = (*_OUTPUT_FIELDS, "reuse", "error_code", "error_message")
 _RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
 _RECORD_CHUNK = 64  # images per statement: 12 parameters each, well inside every database's cap
 
