@@ -57,7 +57,16 @@ async def _store_requests(sessions: SessionFactory, images: int) -> list[uuid.UU
                 ),
             )
         async with sessions.begin() as session:
-            await repository.ingest_rows(session, request_id, rows, now=utcnow())
+            await repository.ingest_chunk(
+                session,
+                request_id,
+                rows,
+                start=0,
+                stored_images=0,
+                firsts=repository.FirstImages(),
+                now=utcnow(),
+            )
+            await repository.finish_ingest(session, request_id, rows=len(rows), now=utcnow())
         request_ids.append(request_id)
     return request_ids
 

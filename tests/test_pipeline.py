@@ -56,8 +56,8 @@ class Running:
             return await accept(
                 session,
                 self.runtime.storage,
-                data,
-                csvio.parse(data, csvio.Limits.from_settings(self.settings)),
+                io.BytesIO(data),
+                csvio.check(io.BytesIO(data), csvio.Limits.from_settings(self.settings)),
                 quality=50,
                 effort=Effort.BALANCED,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -45,9 +45,35 @@ async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
     )
     async with sessions.begin() as session:
         await repository.create_request(session, new)
-    async with sessions.begin() as session:
-        assert await repository.ingest_rows(session, request_id, rows, now=utcnow())
+    assert await ingest(sessions, request_id, rows)
     return request_id
+
+
+async def ingest(
+    sessions: SessionFactory, request_id: uuid.UUID, rows: Sequence[InputRow], *, chunk: int = 2
+) -> bool:
+    """What an ingest does: the rows a chunk at a time, then the mark that all are stored."""
+    firsts = repository.FirstImages()
+    stored_images = 0
+    for start in range(0, len(rows), chunk):
+        async with sessions.begin() as session:
+            stored = await repository.ingest_chunk(
+                session,
+                request_id,
+                rows[start : start + chunk],
+                start=start,
+                stored_images=stored_images,
+                firsts=firsts,
+                now=utcnow(),
+            )
+        if stored is None:
+            return False
+        stored_images += stored.images
+        if stored.repeated:
+            async with sessions.begin() as session:
+                await repository.record_repeats(session, request_id, stored.repeated, now=utcnow())
+    async with sessions.begin() as session:
+        return await repository.finish_ingest(session, request_id, rows=len(rows), now=utcnow())
 
 
 async def claim(sessions: SessionFactory, worker: str, *, age: float = 0) -> list[int]:
@@ -83,7 +109,7 @@ async def test_rows_are_stored_once_however_often_ingested(sessions: SessionFact
     request_id = await create(sessions, *rows)
     async with sessions.begin() as session:
         assert await repository.is_ingested(session, request_id)
-        assert not await repository.ingest_rows(session, request_id, rows, now=utcnow())
+    assert not await ingest(sessions, request_id, rows)
     async with sessions() as session:
         products = [p async for p in repository.product_outcomes(session, request_id)]
     assert len(products) == 2
@@ -319,11 +345,11 @@ async def test_requests_left_behind_by_a_crash_are_found(sessions: SessionFactor
     still_working = await create(sessions, row(2, "http://a/2"))
     async with sessions() as session:
         assert await repository.uningested_request_ids(
-            session, created_before=utcnow() + timedelta(seconds=1)
+            session, stalled_before=utcnow() + timedelta(seconds=1)
         ) == [never_ingested]
         assert (
             await repository.uningested_request_ids(
-                session, created_before=utcnow() - timedelta(seconds=60)
+                session, stalled_before=utcnow() - timedelta(seconds=60)
             )
             == []
         )  # a young one is more likely on its way than lost

@@ -203,22 +203,32 @@ def _retry_unless_exhausted(task: Task, exc: BaseException) -> None:
 
 @app.task(name=INGEST, bind=True)
 def ingest(task: Task, request_id: str) -> int:
-    """Store a request's rows from its kept CSV, then send a message per batch they make."""
+    """Store a request's rows from its kept CSV, sending a message per batch of images each
+    chunk stored makes; returns how many were sent."""
     worker = worker_runtime()
     try:
-        batches = worker.run(_ingest(worker, uuid.UUID(request_id)))
+        return worker.run(_ingest(worker, uuid.UUID(request_id)))
     except TRANSIENT as exc:
         _retry_unless_exhausted(task, exc)
         raise
-    for _ in range(batches):
-        send_next(app)
-    return batches
 
 
 async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> int:
     pipeline = worker.runtime.pipeline
-    await pipeline.resume(request_id)
-    return await pipeline.unclaimed_batches(request_id, batch_size=worker.settings.batch_size)
+    batch_size = worker.settings.batch_size
+    sent = 0
+
+    async def send_batches(claimable: int) -> None:
+        nonlocal sent
+        batches = -(-claimable // batch_size)
+        for _ in range(batches):
+            await asyncio.to_thread(send_next, app)
+        sent += batches
+
+    await pipeline.resume(request_id, on_stored=send_batches)
+    if not sent:  # stored before (a redelivered message): its work may never have been sent
+        await send_batches(await pipeline.unclaimed_images(request_id))
+    return sent
 
 
 @app.task(name=PROCESS_NEXT, bind=True)

@@ -88,8 +88,10 @@ class Settings(BaseSettings):
     # key's owner sees only its own requests (see api/auth.py).
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
 
-    max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_csv_rows: int = Field(default=50_000, ge=1)
+    # A catalog of a million images in one request, by default: a row of one image URL of up
+    # to ~250 characters, or five of ~50. The file is checked and stored a piece at a time.
+    max_csv_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    max_csv_rows: int = Field(default=1_000_000, ge=1)
     max_urls_per_row: int = Field(default=100, ge=1)
     max_url_length: int = Field(default=2048, ge=12)  # characters, image and webhook URLs
     # Requests queued or processing at once; past it, uploads answer 429 with Retry-After.

@@ -1,18 +1,25 @@
-"""Input CSVs of products and their image URLs in, output CSVs out: pure functions, no I/O.
+"""Input CSVs of products and their image URLs in, output CSVs out: pure logic, which reads
+only the file object it is handed and opens nothing itself.
 
-`parse` accepts the loose formats found in the wild (see "Input CSV" in DESIGN.md) and either
-returns every row or raises one `CsvError` that names every problem of the file at once, so a
-user fixes their file in one go rather than one upload per mistake.
+`check` accepts the loose formats found in the wild (see "Input CSV" in DESIGN.md) and either
+counts the rows or raises one `CsvError` that names every problem of the file at once, so a
+user fixes their file in one go rather than one upload per mistake. `rows` then reads an
+accepted file's rows one at a time, so that a catalog of a million images is never in memory
+whole; the output CSV is written a piece at a time, the same way.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -21,12 +28,17 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTPUT_HEADER",
     "CsvError",
+    "CsvSummary",
     "InputRow",
     "Limits",
     "OutputRow",
     "ParsedCsv",
     "Problem",
+    "check",
+    "output_header",
+    "output_rows",
     "parse",
+    "rows",
     "write_output",
 ]
 
@@ -47,6 +59,10 @@ class Limits:
             max_urls_per_row=settings.max_urls_per_row,
             max_url_length=settings.max_url_length,
         )
+
+
+# A file `check` accepted is read again with no limits: those it was held to may have changed.
+_ACCEPTED = Limits(max_rows=sys.maxsize, max_urls_per_row=sys.maxsize, max_url_length=sys.maxsize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,15 @@ class InputRow:
     name: str
     urls: tuple[str, ...]
     extra: tuple[str, ...]  # in the order of ParsedCsv.extra_columns, "" where the row is short
+
+
+@dataclass(frozen=True, slots=True)
+class CsvSummary:
+    """What `check` found in a file it accepted."""
+
+    extra_columns: tuple[str, ...]  # header text of the input's other columns, in file order
+    row_count: int
+    image_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,30 +153,77 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _END_MARK = "\x01"
 
 
-def _decode(data: bytes) -> str:
-    if b"\x00" in data:
-        raise CsvError(
-            "not_csv",
-            "the file contains NUL bytes: it is binary, or UTF-16 text; save it as CSV (UTF-8)",
-        )
-    data = data.removeprefix(_UTF8_BOM)
+_READ_SIZE = 1024 * 1024  # bytes read at a time: a file of any size is read in this much memory
+
+
+def _text_start(file: BinaryIO) -> int:
+    """Where the text begins: after a UTF-8 byte order mark, if the file has one."""
+    file.seek(0)
+    return len(_UTF8_BOM) if file.read(len(_UTF8_BOM)) == _UTF8_BOM else 0
+
+
+def _encoding(file: BinaryIO, start: int) -> str:
+    """UTF-8, or Windows-1252 for a file that is not UTF-8; CsvError if it is not text at all.
+
+    Read through in pieces: the whole file is never in memory."""
     try:
-        text = data.decode("utf-8")
+        _check_text(file, start, "utf-8")
     except UnicodeDecodeError:
-        text = _decode_excel_legacy(data)
-    if _CONTROL_CHARS.search(text):
-        raise CsvError("not_csv", "the file contains control characters: it is not a CSV text file")
-    return text
-
-
-def _decode_excel_legacy(data: bytes) -> str:
+        pass
+    else:
+        return "utf-8"
     # Excel's plain "CSV" export writes the Windows code page, cp1252 in the West.
     try:
-        return data.decode("cp1252")
+        _check_text(file, start, "cp1252")
     except UnicodeDecodeError:
         raise CsvError(
             "not_csv", "the file is not text: it is neither UTF-8 nor Windows-1252"
         ) from None
+    return "cp1252"
+
+
+def _check_text(file: BinaryIO, start: int, encoding: str) -> None:
+    file.seek(start)
+    decoder = codecs.getincrementaldecoder(encoding)()
+    while True:
+        chunk = file.read(_READ_SIZE)
+        if b"\x00" in chunk:
+            raise CsvError(
+                "not_csv",
+                "the file contains NUL bytes: it is binary, or UTF-16 text; save it as CSV (UTF-8)",
+            )
+        text = decoder.decode(chunk, final=not chunk)
+        if _CONTROL_CHARS.search(text):
+            raise CsvError(
+                "not_csv", "the file contains control characters: it is not a CSV text file"
+            )
+        if not chunk:
+            return
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A checked file's text, to be read from its start as often as need be."""
+
+    file: BinaryIO
+    start: int
+    encoding: str
+
+    @classmethod
+    def of(cls, file: BinaryIO) -> _Text:
+        start = _text_start(file)
+        return cls(file, start, _encoding(file, start))
+
+    @contextmanager
+    def lines(self) -> Iterator[Iterator[str]]:
+        """The text's lines from its start, each with its line end."""
+        self.file.seek(self.start)
+        # newline="": csv sees quoted line breaks as written, and lines end at CRLF, LF or CR.
+        wrapper = io.TextIOWrapper(self.file, encoding=self.encoding, newline="")
+        try:
+            yield iter(wrapper)
+        finally:
+            wrapper.detach()  # the file stays open: it is the caller's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,12 +251,12 @@ def _allow_long_cells() -> None:
         csv.field_size_limit(_FIELD_SIZE_LIMIT)
 
 
-def _records(text: str, delimiter: str) -> Iterator[_Record]:
+def _records(lines: Iterable[str], delimiter: str) -> Iterator[_Record]:
     """Non-blank records with the line each starts on; a record csv cannot read carries an error."""
-    # newline="" lets csv see quoted line breaks, and splits lines at CRLF, LF and a lone CR.
-    lines = io.StringIO(f"{text}\n{_END_MARK}", newline="")
     # skipinitialspace: `1, Mug, "http://a/1.jpg, http://a/2.jpg"` is quoted as its author meant.
-    reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
+    reader = csv.reader(
+        itertools.chain(lines, [_END_MARK]), delimiter=delimiter, skipinitialspace=True
+    )
     while True:
         start = reader.line_num + 1
         try:
@@ -263,11 +335,12 @@ def _role_columns(names: Sequence[str]) -> dict[_Role, list[int]]:
     return {role: [i for i, key in enumerate(keys) if key in _ROLE_KEYS[role]] for role in _ROLES}
 
 
-def _read_header(text: str) -> tuple[str, _Header]:
+def _read_header(text: _Text) -> tuple[str, _Header]:
     """The delimiter that finds every required column on the first record, and that header."""
     attempts: list[tuple[_Record, dict[_Role, list[int]]]] = []
     for delimiter in _DELIMITERS:
-        record = next(_records(text, delimiter), None)
+        with text.lines() as lines:
+            record = next(_records(lines, delimiter), None)
         if record is None:  # nothing but blank lines, whatever the delimiter
             raise CsvError("empty_file", "the file is empty")
         columns = _role_columns(_header_names(record.fields))
@@ -359,9 +432,12 @@ def _located(problem: Problem) -> str:
     return f"{', '.join(where)}: {problem.reason}" if where else problem.reason
 
 
-def _read_rows(records: Iterator[_Record], header: _Header, limits: Limits) -> list[InputRow]:
-    problems = _Problems(limits.max_problems)
-    rows: list[InputRow] = []
+def _input_rows(
+    lines: Iterable[str], delimiter: str, header: _Header, limits: Limits, problems: _Problems
+) -> Iterator[InputRow]:
+    """The data rows after the header, one at a time; what is wrong goes to `problems`."""
+    records = _records(lines, delimiter)
+    next(records)  # the header, read already
     count = 0
     for record in records:
         count += 1
@@ -370,11 +446,9 @@ def _read_rows(records: Iterator[_Record], header: _Header, limits: Limits) -> l
         if record.error is not None:
             problems.add(record.line, None, record.error)
             continue
-        rows.append(_read_row(record, header, limits, problems))
+        yield _read_row(record, header, limits, problems)
     if not count:
         raise CsvError("empty_file", f"the file has a header (line {header.line}) but no data rows")
-    problems.raise_if_any()
-    return rows
 
 
 def _too_many_rows_error(line: int, max_rows: int) -> CsvError:
@@ -483,19 +557,51 @@ def _quoted(value: str) -> str:
 # Public functions
 
 
+def check(file: BinaryIO, limits: Limits) -> CsvSummary:
+    """What an input CSV holds, or one CsvError naming everything wrong with it.
+
+    Read in pieces from the file's start, so that a file of a million rows costs no more
+    memory than one of ten. Raises CsvError and nothing else, whatever the bytes.
+    """
+    text = _Text.of(file)
+    _allow_long_cells()
+    delimiter, header = _read_header(text)
+    problems = _Problems(limits.max_problems)
+    row_count = image_count = 0
+    with text.lines() as lines:
+        for row in _input_rows(lines, delimiter, header, limits, problems):
+            row_count += 1
+            image_count += len(row.urls)
+    problems.raise_if_any()
+    return CsvSummary(_extra_columns(header), row_count, image_count)
+
+
+def rows(file: BinaryIO, *, skip: int = 0) -> Iterator[InputRow]:
+    """The data rows of a file `check` accepted, in file order, read in pieces; `skip`: leave
+    out that many from the start (stored already)."""
+    text = _Text.of(file)
+    _allow_long_cells()
+    delimiter, header = _read_header(text)
+    problems = _Problems(1)
+    with text.lines() as lines:
+        yield from itertools.islice(
+            _input_rows(lines, delimiter, header, _ACCEPTED, problems), skip, None
+        )
+    problems.raise_if_any()
+
+
 def parse(data: bytes, limits: Limits) -> ParsedCsv:
-    """Every row of an input CSV, or one CsvError naming everything wrong with it.
+    """Every row of an input CSV in memory, or one CsvError naming everything wrong with it.
 
     Raises CsvError and nothing else, whatever the bytes.
     """
-    text = _decode(data)
-    _allow_long_cells()
-    delimiter, header = _read_header(text)
-    records = _records(text, delimiter)
-    next(records)  # the header, already read
-    rows = _read_rows(records, header, limits)
-    extra_columns = tuple(header.names[i] for i in header.extras)
-    return ParsedCsv(extra_columns, tuple(rows))
+    file = io.BytesIO(data)
+    summary = check(file, limits)
+    return ParsedCsv(summary.extra_columns, tuple(rows(file)))
+
+
+def _extra_columns(header: _Header) -> tuple[str, ...]:
+    return tuple(header.names[i] for i in header.extras)
 
 
 def write_output(
@@ -509,11 +615,30 @@ def write_output(
 
     Raises ValueError for a row whose lists do not match (a bug in the caller).
     """
+    return output_header(extra_columns, variant_columns=variant_columns) + output_rows(
+        extra_columns, rows, variant_columns=variant_columns
+    )
+
+
+def output_header(extra_columns: Sequence[str], *, variant_columns: Sequence[str] = ()) -> bytes:
+    """The output CSV's first line; `output_rows` gives the rest, a piece at a time."""
+    return _csv_lines([[*OUTPUT_HEADER, *variant_columns, *extra_columns, *_FIGURES_HEADER]])
+
+
+def output_rows(
+    extra_columns: Sequence[str],
+    rows: Iterable[OutputRow],
+    *,
+    variant_columns: Sequence[str] = (),
+) -> bytes:
+    """Lines of the output CSV, as `write_output` writes them after its header."""
+    extra_width, variant_width = len(extra_columns), len(variant_columns)
+    return _csv_lines(_output_cells(row, extra_width, variant_width) for row in rows)
+
+
+def _csv_lines(cells: Iterable[list[str]]) -> bytes:
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow([*OUTPUT_HEADER, *variant_columns, *extra_columns, *_FIGURES_HEADER])
-    for row in rows:
-        writer.writerow(_output_cells(row, len(extra_columns), len(variant_columns)))
+    csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerows(cells)
     return buffer.getvalue().encode("utf-8")
 
 

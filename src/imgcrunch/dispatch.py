@@ -93,6 +93,7 @@ class InlineDispatcher:
         self._webhooks_due = nudge.due
         self._stopping = False
         self._resumer: asyncio.Task[None] | None = None
+        self._resuming: set[asyncio.Task[None]] = set()  # ingests under way
         self._lanes: list[asyncio.Task[None]] = []
         self._courier: asyncio.Task[None] | None = None
 
@@ -153,15 +154,15 @@ class InlineDispatcher:
                 "shutdown: no new work is claimed; batches in flight have %g s to finish",
                 self._shutdown_grace,
             )
-        for task in (self._resumer, self._courier):
+        for task in (self._resumer, self._courier, *self._resuming):
             if task is not None:
-                task.cancel()
+                task.cancel()  # an ingest stopped now resumes on the next start
         if self._lanes:
             _, late = await asyncio.wait(self._lanes, timeout=self._shutdown_grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*self._lanes, return_exceptions=True)
-        for task in (self._resumer, self._courier):
+        for task in (self._resumer, self._courier, *self._resuming):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -171,15 +172,26 @@ class InlineDispatcher:
             log.info("shutdown: released %d images for the next start", released)
 
     async def _resume_submitted(self) -> None:
-        """Ingest each submitted request (once; a retried one is ingested already), then wake
-        the lanes: its images are claimable."""
+        """Ingest each submitted request (once; a retried one is ingested already), each on its
+        own, so that a small request is not held up behind a big one's ingest."""
         while True:
             request_id = await self._requests.get()
-            try:
-                await self._pipeline.resume(request_id)
-            except Exception:
-                log.exception("could not schedule request %s", request_id)
-            self._work.set()
+            task = asyncio.create_task(
+                self._resume(request_id), name=f"imgcrunch-ingest-{request_id}"
+            )
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, request_id: uuid.UUID) -> None:
+        try:
+            await self._pipeline.resume(request_id, on_stored=self._stored)
+        except Exception:
+            log.exception("could not schedule request %s", request_id)
+        self._work.set()
+
+    async def _stored(self, _claimable: int) -> None:
+        """A chunk of a request's rows is stored: the lanes have images to claim."""
+        self._work.set()
 
     async def _run_lane(self) -> None:
         failures = 0

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rich.console import Console
 
@@ -62,9 +63,13 @@ def settings_for(run: LocalRun, base: Settings) -> Settings:
 
 def process(run: LocalRun, base: Settings, console: Console) -> int:
     """Process the CSV, showing progress; returns the exit code."""
-    data = run.csv_path.read_bytes()
+    with run.csv_path.open("rb") as csv_file:
+        return _process_file(run, base, csv_file, console)
+
+
+def _process_file(run: LocalRun, base: Settings, csv_file: BinaryIO, console: Console) -> int:
     try:
-        parsed = csvio.parse(data, csvio.Limits.from_settings(base))
+        summary = csvio.check(csv_file, csvio.Limits.from_settings(base))
     except csvio.CsvError as error:
         console.print(f"[red]{run.csv_path}: {error.message}[/red]")
         for problem in error.problems:
@@ -80,7 +85,7 @@ def process(run: LocalRun, base: Settings, console: Console) -> int:
     settings = settings_for(run, base)
     run.out.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
-    return asyncio.run(_process(run, settings, data, parsed, variants, console))
+    return asyncio.run(_process(run, settings, csv_file, summary, variants, console))
 
 
 def _variants(run: LocalRun, settings: Settings) -> tuple[Variant, ...]:
@@ -92,8 +97,8 @@ def _variants(run: LocalRun, settings: Settings) -> tuple[Variant, ...]:
 async def _process(
     run: LocalRun,
     settings: Settings,
-    data: bytes,
-    parsed: csvio.ParsedCsv,
+    csv_file: BinaryIO,
+    summary: csvio.CsvSummary,
     variants: tuple[Variant, ...],
     console: Console,
 ) -> int:
@@ -110,8 +115,8 @@ async def _process(
             request_id = await accept(
                 session,
                 runtime.storage,
-                data,
-                parsed,
+                csv_file,
+                summary,
                 quality=run.quality or settings.jpeg_quality,
                 effort=run.effort or Effort(settings.jpeg_effort),
                 variants=variants,
@@ -134,7 +139,9 @@ async def _process(
     output = None
     if request.output_key:
         output_path = run.out / f"{run.csv_path.stem}.output.csv"
-        output_path.write_bytes(runtime.storage.get(request.output_key))
+        with output_path.open("wb") as output_file:
+            for chunk in runtime.storage.read_chunks(request.output_key):
+                output_file.write(chunk)
         output = str(output_path)
     progress.summary(
         console,

@@ -112,7 +112,11 @@ class Request(Base):
     reused_images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # products and images stored
+    # Its rows are stored from the kept CSV a chunk at a time, each chunk with this count in one
+    # transaction, so that the first images are worked on while the rest is stored, and a crash
+    # resumes after the last chunk stored. `ingested_at`: when the last one was.
+    ingested_rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When a worker last claimed a batch of it: scale-out workers serve the longest-waiting first.

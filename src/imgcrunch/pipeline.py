@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from imgcrunch import codec, csvio, logs, metrics, repository, webhooks
 from imgcrunch.codec_pool import CodecPool, Output, encode_and_store
@@ -38,17 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The upload applied the configured limits already; a file it accepted is accepted here too.
-_ACCEPTED_AT_UPLOAD = csvio.Limits(
-    max_rows=sys.maxsize, max_urls_per_row=sys.maxsize, max_url_length=sys.maxsize
-)
-
 
 async def accept(
     session: AsyncSession,
     storage: Storage,
-    data: bytes,
-    parsed: csvio.ParsedCsv,
+    csv_file: BinaryIO,
+    summary: csvio.CsvSummary,
     *,
     quality: int,
     effort: codec.Effort,
@@ -57,12 +52,13 @@ async def accept(
     owner: str | None = None,
     refresh: bool = False,
 ) -> uuid.UUID:
-    """Keep a validated input CSV and record its request, queued. Its rows are stored later, by
-    `Pipeline.ingest` from the kept file, so a big catalog is answered at once."""
+    """Keep an input CSV that `csvio.check` accepted (streamed to the storage) and record its
+    request, queued. Its rows are stored later, by `Pipeline.ingest` from the kept file, so a
+    big catalog is answered at once."""
     request_id = uuid.uuid4()
     key = input_csv_key(request_id)
     try:
-        await asyncio.to_thread(storage.put, key, data)
+        await asyncio.to_thread(storage.put_file, key, csv_file)
     except OSError as exc:  # the upload answers 503: the storage's fault, not the file's
         raise storage_fault(exc) from exc
     async with session.begin():
@@ -70,8 +66,8 @@ async def accept(
             session,
             repository.NewRequest(
                 id=request_id,
-                total_images=parsed.image_count,
-                extra_columns=parsed.extra_columns,
+                total_images=summary.image_count,
+                extra_columns=summary.extra_columns,
                 quality=quality,
                 effort=effort,
                 webhook_url=webhook_url,
@@ -82,6 +78,21 @@ async def accept(
             ),
         )
     return request_id
+
+
+# Told of each chunk of a request's rows as it is stored, with how many images of it are to be
+# claimed: each mode sends its workers to them (embedded: wakes its lanes; scale-out: messages).
+StoredHook = Callable[[int], Awaitable[None]]
+
+
+async def _nothing_to_send(_claimable: int) -> None:
+    return None
+
+
+# The first chunk of rows stored is small, so that work starts within moments of the upload;
+# each next is four times the last, up to the most one transaction stores.
+_FIRST_CHUNK_IMAGES = 256
+_CHUNK_IMAGES = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,36 +166,89 @@ class Pipeline:
         database already refuses their results; this saves the work.)"""
         self._cancelled.add(request_id)
 
-    async def ingest(self, request_id: uuid.UUID) -> bool:
+    async def ingest(
+        self, request_id: uuid.UUID, *, on_stored: StoredHook = _nothing_to_send
+    ) -> bool:
         """Store a request's products and images from its kept input CSV; False if it can't be.
 
-        The upload validated the file and answered at once; the rows are stored here, once,
-        so a big catalog never holds up the answer and a crash in between loses nothing.
+        The upload validated the file and answered at once; the rows are stored here, a chunk
+        at a time, each once: the first images are claimable within moments, a crash resumes
+        after the last chunk stored, and a big catalog never holds up the answer.
         """
         logs.request_id.set(request_id)
         async with self.sessions() as session:
             request = await repository.get_request(session, request_id)
             if request is None or request.status not in ACTIVE_STATUSES:
                 return False
-            if await repository.is_ingested(session, request_id):
+            if request.ingested_at is not None:
                 return True
         try:
-            data = await asyncio.to_thread(self.storage.get, request.input_key)
-            parsed = await asyncio.to_thread(csvio.parse, data, _ACCEPTED_AT_UPLOAD)
-        except (FileNotFoundError, csvio.CsvError) as exc:
+            opened = self.storage.opened(request.input_key)
+            csv_file = await asyncio.to_thread(opened.__enter__)
+        except FileNotFoundError as exc:
             log.exception("request %s: its input CSV cannot be read again", request_id)
             await self._fail(request, f"input CSV unreadable: {exc}")
             return False
         except OSError as exc:  # the storage is away, not the file: try again later
             raise storage_fault(exc) from exc
-        async with self.sessions.begin() as session:
-            await repository.ingest_rows(session, request_id, parsed.rows, now=utcnow())
-        return True
+        try:
+            return await self._ingest_rows(request, csv_file, on_stored)
+        except csvio.CsvError as exc:
+            log.exception("request %s: its input CSV cannot be read again", request_id)
+            await self._fail(request, f"input CSV unreadable: {exc}")
+            return False
+        finally:
+            await asyncio.to_thread(opened.__exit__, None, None, None)
 
-    async def resume(self, request_id: uuid.UUID) -> None:
+    async def _ingest_rows(
+        self, request: Request, csv_file: BinaryIO, on_stored: StoredHook
+    ) -> bool:
+        start = request.ingested_rows
+        stored_images = 0
+        firsts = repository.FirstImages()
+        if start:  # resumed after a crash: the rows stored are known by their firsts
+            async with self.sessions() as session:
+                firsts = await repository.stored_firsts(session, request.id)
+                stored_images = await repository.image_count(session, request.id)
+        rows = csvio.rows(csv_file, skip=start)
+        size = _FIRST_CHUNK_IMAGES
+        while chunk := await asyncio.to_thread(_rows_of_images, rows, size):
+            async with self.sessions.begin() as session:
+                stored = await repository.ingest_chunk(
+                    session,
+                    request.id,
+                    chunk,
+                    start=start,
+                    stored_images=stored_images,
+                    firsts=firsts,
+                    now=utcnow(),
+                )
+            if stored is None:  # another stores them, or it was cancelled or deleted
+                return await self._is_ingested(request.id)
+            start += len(chunk)
+            stored_images += stored.images
+            if stored.repeated:
+                async with self.sessions.begin() as session:
+                    await repository.record_repeats(
+                        session, request.id, stored.repeated, now=utcnow()
+                    )
+            await on_stored(stored.claimable)
+            size = min(size * 4, _CHUNK_IMAGES)
+        async with self.sessions.begin() as session:
+            if await repository.finish_ingest(session, request.id, rows=start, now=utcnow()):
+                return True
+        return await self._is_ingested(request.id)
+
+    async def _is_ingested(self, request_id: uuid.UUID) -> bool:
+        async with self.sessions() as session:
+            return await repository.is_ingested(session, request_id)
+
+    async def resume(
+        self, request_id: uuid.UUID, *, on_stored: StoredHook = _nothing_to_send
+    ) -> None:
         """Make a request claimable: ingest it if need be, and finalise it if every image was
         already done (before a restart) so no claim is left to do it."""
-        if await self.ingest(request_id):
+        if await self.ingest(request_id, on_stored=on_stored):
             await self.finalize_if_complete(request_id)
 
     async def _fail(self, request: Request, error: str) -> None:
@@ -313,11 +377,10 @@ class Pipeline:
                 stale_before=now - timedelta(seconds=self.options.claim_timeout),
             )
 
-    async def unclaimed_batches(self, request_id: uuid.UUID, *, batch_size: int) -> int:
-        """How many batches the request's images not yet claimed make."""
+    async def unclaimed_images(self, request_id: uuid.UUID) -> int:
+        """How many of the request's images are not yet claimed."""
         async with self.sessions() as session:
-            count = await repository.unclaimed_image_count(session, request_id)
-        return -(-count // batch_size)
+            return await repository.unclaimed_image_count(session, request_id)
 
     async def process_claimed(self, claim: Claim) -> None:
         """Process and record claimed images, and finalise their request after its last."""
@@ -509,7 +572,7 @@ class Pipeline:
                 session, stale_before=stale_before, batch_size=batch_size
             )
             uningested = await repository.uningested_request_ids(
-                session, created_before=stale_before
+                session, stalled_before=stale_before
             )
             claimable = await repository.claimable_batch_count(session, batch_size=batch_size)
         await self.finalize_complete()
@@ -526,22 +589,15 @@ class Pipeline:
             request = await repository.get_request(session, request_id)
             assert request is not None
             later_variants = variant_specs.from_json(request.variants)[1:]
-            rows = [
-                _output_row(product, self._urls.stored, variants=len(later_variants))
-                async for product in repository.product_outcomes(session, request_id)
-            ]
-        output = csvio.write_output(
-            request.extra_columns,
-            rows,
-            variant_columns=[variant.column for variant in later_variants],
-        )
-        key = output_csv_key(request_id)
-        # Written before the status flips: whoever sees "completed" can download at once. Two
-        # finishers write identical bytes atomically; only one wins the status update below.
-        try:
-            await asyncio.to_thread(self.storage.put, key, output)
-        except OSError as exc:  # retried: the work loop finalises complete requests when idle
-            raise storage_fault(exc) from exc
+            key = output_csv_key(request_id)
+            # Written before the status flips: whoever sees "completed" can download at once.
+            # Two finishers write identical bytes atomically; only one wins the status update.
+            try:
+                with tempfile.TemporaryFile() as output:
+                    await self._write_output(session, request, later_variants, output)
+                    await asyncio.to_thread(self.storage.put_file, key, output)
+            except OSError as exc:  # retried: the work loop finalises complete requests
+                raise storage_fault(exc) from exc
         status = (
             RequestStatus.COMPLETED_WITH_ERRORS
             if request.failed_images
@@ -561,6 +617,29 @@ class Pipeline:
             log.info("request %s %s", request_id, status)
             await self._tell_finished(request_id)
         return won
+
+    async def _write_output(
+        self,
+        session: AsyncSession,
+        request: Request,
+        later_variants: Sequence[variant_specs.Variant],
+        output: BinaryIO,
+    ) -> None:
+        """The request's output CSV into `output`, a thousand products at a time: a catalog of
+        a million images is never in memory whole."""
+        columns = [variant.column for variant in later_variants]
+        header = csvio.output_header(request.extra_columns, variant_columns=columns)
+        await asyncio.to_thread(output.write, header)
+        rows: list[csvio.OutputRow] = []
+        async for product in repository.product_outcomes(session, request.id):
+            rows.append(_output_row(product, self._urls.stored, variants=len(columns)))
+            if len(rows) == _OUTPUT_ROWS:
+                await asyncio.to_thread(_write_rows, output, request.extra_columns, rows, columns)
+                rows = []
+        await asyncio.to_thread(_write_rows, output, request.extra_columns, rows, columns)
+
+
+_OUTPUT_ROWS = 1000  # products written to the output CSV at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +749,24 @@ def _unexpected(request_id: uuid.UUID, image: ClaimedImage, error: Exception) ->
         ),
         None,
     )
+
+
+def _write_rows(
+    output: BinaryIO, extra_columns: Sequence[str], rows: list[csvio.OutputRow], columns: list[str]
+) -> None:
+    output.write(csvio.output_rows(extra_columns, rows, variant_columns=columns))
+
+
+def _rows_of_images(rows: Iterator[csvio.InputRow], images: int) -> list[csvio.InputRow]:
+    """The next rows, as many as hold `images` images (at least one row); [] at the end."""
+    taken: list[csvio.InputRow] = []
+    count = 0
+    for row in rows:
+        taken.append(row)
+        count += len(row.urls)
+        if count >= images:
+            break
+    return taken
 
 
 def _output_row(

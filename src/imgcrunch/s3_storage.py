@@ -13,20 +13,22 @@ pipeline counts as a fault of ours, never an image's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
-from imgcrunch.storage import IMMUTABLE, media_type
+from imgcrunch.storage import CHUNK_SIZE, IMMUTABLE, media_type
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
@@ -75,11 +77,35 @@ class S3Storage:
         attributes = {"Content-Type": media_type(key), "Cache-Control": IMMUTABLE}
         _stored(lambda: obstore.put(self._store, _checked(key), data, attributes=attributes))
 
+    def put_file(self, key: str, file: BinaryIO) -> None:
+        attributes = {"Content-Type": media_type(key), "Cache-Control": IMMUTABLE}
+        file.seek(0)
+        _stored(lambda: obstore.put(self._store, _checked(key), file, attributes=attributes))
+
     def sync(self, keys: Iterable[str]) -> None:
         return None
 
     def get(self, key: str) -> bytes:
         return _stored(lambda: bytes(obstore.get(self._store, _checked(key)).bytes()))
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        result = _stored(lambda: obstore.get(self._store, _checked(key)))
+        stream = iter(result.stream(min_chunk_size=CHUNK_SIZE))
+
+        def pieces() -> Iterator[bytes]:
+            while (chunk := _stored(lambda: next(stream, None))) is not None:
+                yield bytes(chunk)
+
+        return pieces()
+
+    @contextlib.contextmanager
+    def opened(self, key: str) -> Iterator[BinaryIO]:
+        chunks = self.read_chunks(key)
+        with tempfile.TemporaryFile() as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.seek(0)
+            yield file
 
     def exists(self, key: str) -> bool:
         try:

@@ -11,9 +11,12 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
-from typing import Protocol, cast
+from typing import BinaryIO, Protocol, cast
+
+CHUNK_SIZE = 1024 * 1024  # bytes a streamed read or write moves at a time
 
 
 class Storage(Protocol):
@@ -33,8 +36,20 @@ class Storage(Protocol):
     def sync(self, keys: Iterable[str]) -> None:
         """Make what `put(durable=False)` stored at these keys survive a crash of the machine."""
 
+    def put_file(self, key: str, file: BinaryIO) -> None:
+        """Store what `file` holds from its start at `key`, as `put` does, read a piece at a
+        time: a catalog's CSV of a million rows is never in memory whole."""
+
     def get(self, key: str) -> bytes:
         """What is stored at `key`; FileNotFoundError if nothing is."""
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """What is stored at `key`, a piece at a time; FileNotFoundError at once if nothing
+        is (not at the first piece), so that a caller can answer before it streams."""
+
+    def opened(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """What is stored at `key` as a file to read and seek in, on local disk (a bucket's
+        object is copied to a temporary file first); FileNotFoundError if nothing is."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -133,13 +148,22 @@ class LocalStorage:
         return self.root.joinpath(*relative.parts)
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        self._write(key, lambda file: file.write(data), durable=durable)
+
+    def put_file(self, key: str, file: BinaryIO) -> None:
+        file.seek(0)
+        self._write(key, lambda target: shutil.copyfileobj(file, target, CHUNK_SIZE))
+
+    def _write(
+        self, key: str, write: Callable[[BinaryIO], object], *, durable: bool = True
+    ) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self._partial)
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(data)
+                write(file)
                 if durable:
                     file.flush()
                     os.fsync(file.fileno())
@@ -168,6 +192,17 @@ class LocalStorage:
         if not path.is_file():  # a folder reads as IsADirectoryError; nothing is stored there
             raise FileNotFoundError(key)
         return path.read_bytes()
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        return _chunks_of(self.opened(key))
+
+    @contextlib.contextmanager
+    def opened(self, key: str) -> Iterator[BinaryIO]:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        with path.open("rb") as file:
+            yield file
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -207,6 +242,21 @@ class LocalStorage:
                     temp.unlink()
                     removed += 1
         return removed
+
+
+def _chunks_of(opened: AbstractContextManager[BinaryIO]) -> Iterator[bytes]:
+    """The file's pieces; opened now, so that a missing file raises here and not at the first
+    piece."""
+    file = opened.__enter__()
+
+    def pieces() -> Iterator[bytes]:
+        try:
+            while chunk := file.read(CHUNK_SIZE):
+                yield chunk
+        finally:
+            opened.__exit__(None, None, None)
+
+    return pieces()
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    func,
     insert,
     select,
     text,
@@ -48,7 +49,7 @@ class NewRequest:
 
 
 async def create_request(session: AsyncSession, new: NewRequest) -> None:
-    """The request alone; its rows are stored by `ingest_rows` from the kept input CSV."""
+    """The request alone; its rows are stored by `ingest_chunk` from the kept input CSV."""
     scope = await owner_scope(session, new.owner)
     session.add(
         Request(
@@ -87,25 +88,86 @@ async def is_ingested(session: AsyncSession, request_id: uuid.UUID) -> bool:
     return bool(result.scalar())
 
 
+async def image_count(session: AsyncSession, request_id: uuid.UUID) -> int:
+    """The request's images stored so far."""
+    result = await session.execute(
+        select(func.count()).select_from(Image).where(Image.request_id == request_id)
+    )
+    return int(result.scalar_one())
+
+
 _CHUNK = 2000  # rows per executemany: keeps each pause of the event loop short
 
 
-async def ingest_rows(
-    session: AsyncSession, request_id: uuid.UUID, rows: Sequence[InputRow], *, now: datetime
-) -> bool:
-    """Store a request's products and images, once: False if they were stored already.
+class FirstImages:
+    """The first image of each source URL a request has stored so far, so that a later chunk
+    stores a repeat of one as its duplicate (fetched and made once). Kept by the URL's hash,
+    not the URL, for memory: some 100 bytes an image; a hash found is checked against the URL
+    in the database before it is believed."""
 
-    All in the caller's transaction, behind a conditional update, so a crash leaves either
-    nothing or everything, and two workers racing here store the rows once.
+    def __init__(self) -> None:
+        self._by_hash: dict[int, int] = {}
+
+    def add(self, url: str, image_id: int) -> None:
+        self._by_hash.setdefault(hash(url), image_id)
+
+    def candidate(self, url: str) -> int | None:
+        return self._by_hash.get(hash(url))
+
+
+async def stored_firsts(session: AsyncSession, request_id: uuid.UUID) -> FirstImages:
+    """The first images a request has stored already: an ingest resumed after a crash."""
+    firsts = FirstImages()
+    result = await session.stream(
+        select(Image.source_url, Image.id)
+        .where(Image.request_id == request_id, Image.duplicate_of.is_(None))
+        .execution_options(yield_per=10_000)
+    )
+    async for url, image_id in result:
+        firsts.add(url, image_id)
+    return firsts
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    images: int  # images stored, duplicates included
+    claimable: int  # of them, those to be claimed: the firsts
+    # First images of earlier chunks that this chunk's images repeat: they may be finished, and
+    # their new duplicates then wait for `record_repeats`.
+    repeated: list[int]
+
+
+async def ingest_chunk(
+    session: AsyncSession,
+    request_id: uuid.UUID,
+    rows: Sequence[InputRow],
+    *,
+    start: int,
+    stored_images: int,
+    firsts: FirstImages,
+    now: datetime,
+) -> StoredChunk | None:
+    """Store the request's next chunk of rows, the `start`th onwards; None if they are not
+    its next (another worker stored them) or it is no longer active (cancelled, deleted).
+
+    All in the caller's transaction, behind a conditional update of the rows stored so far:
+    a crash leaves each chunk stored whole or not at all, and a worker resuming from that
+    count, or racing another, stores each row once. `stored_images`: the request's images
+    stored before this chunk.
     """
     claimed = await session.execute(
         update(Request)
-        .where(Request.id == request_id, Request.ingested_at.is_(None))
-        .values(ingested_at=now)
+        .where(
+            Request.id == request_id,
+            Request.ingested_at.is_(None),
+            Request.ingested_rows == start,
+            Request.status.in_(ACTIVE_STATUSES),
+        )
+        .values(ingested_rows=start + len(rows), updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if rowcount(claimed) != 1:
-        return False
+        return None
     # Plain executemany, then one query for the ids: RETURNING row by row is ~30x slower on SQLite.
     await _insert_chunked(
         session,
@@ -113,21 +175,28 @@ async def ingest_rows(
         [
             {
                 "request_id": request_id,
-                "position": position,
+                "position": start + offset,
                 "row_number": row.serial,
                 "product_name": row.name,
                 "extra": list(row.extra),
             }
-            for position, row in enumerate(rows)
+            for offset, row in enumerate(rows)
         ],
     )
-    product_ids = await session.execute(
-        select(Product.id).where(Product.request_id == request_id).order_by(Product.position)
+    product_ids = list(
+        (
+            await session.execute(
+                select(Product.id)
+                .where(Product.request_id == request_id, Product.position >= start)
+                .order_by(Product.position)
+            )
+        ).scalars()
     )
-    firsts: list[dict[str, Any]] = []
+    earlier = await _earlier_firsts(session, rows, firsts)
+    new_firsts: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for product_id, row in zip(product_ids.scalars(), rows, strict=True):
+    seen: set[str] = set(earlier)
+    for product_id, row in zip(product_ids, rows, strict=True):
         for position, url in enumerate(row.urls):
             image = {
                 "request_id": request_id,
@@ -135,28 +204,86 @@ async def ingest_rows(
                 "position": position,
                 "source_url": url,
             }
-            (repeats if url in seen else firsts).append(image)
+            (repeats if url in seen else new_firsts).append(image)
             seen.add(url)
-    await _insert_chunked(session, Image, firsts)
-    if repeats:
-        first_ids = await session.execute(
-            select(Image.source_url, Image.id).where(Image.request_id == request_id)
+    await _insert_chunked(session, Image, new_firsts)
+    id_of_url = dict(earlier)
+    if new_firsts:
+        ids = await session.execute(
+            select(Image.source_url, Image.id).where(
+                Image.request_id == request_id,
+                Image.product_id >= product_ids[0],
+                Image.duplicate_of.is_(None),
+            )
         )
-        id_of_url = {url: id_ for url, id_ in first_ids}
-        await _insert_chunked(
-            session,
-            Image,
-            [image | {"duplicate_of": id_of_url[image["source_url"]]} for image in repeats],
-        )
-    if len(firsts) + len(repeats) >= _ANALYZE_AFTER and _is_postgresql(session):
+        for url, image_id in ids:
+            id_of_url[url] = image_id
+            firsts.add(url, image_id)
+    await _insert_chunked(
+        session,
+        Image,
+        [image | {"duplicate_of": id_of_url[image["source_url"]]} for image in repeats],
+    )
+    images = len(new_firsts) + len(repeats)
+    if _crosses_analyze_mark(stored_images, stored_images + images) and _is_postgresql(session):
         # Fresh statistics for the planner now, not when autovacuum gets to it (up to a minute
         # later): without them, PostgreSQL pages a big request's images listing by a sort of
         # every image (150-580 ms a page of 200,000 images), not by the products' index (3 ms).
         await session.execute(text("ANALYZE products, images"))
-    return True
+    repeated = sorted(
+        {earlier[url] for image in repeats if (url := image["source_url"]) in earlier}
+    )
+    return StoredChunk(images=images, claimable=len(new_firsts), repeated=repeated)
 
 
-_ANALYZE_AFTER = 10_000  # images stored at once
+async def _earlier_firsts(
+    session: AsyncSession, rows: Sequence[InputRow], firsts: FirstImages
+) -> dict[str, int]:
+    """The chunk's URLs that an earlier chunk stored already, with that first image's id."""
+    candidates = {
+        url: image_id
+        for row in rows
+        for url in row.urls
+        if (image_id := firsts.candidate(url)) is not None
+    }
+    if not candidates:
+        return {}
+    stored = await session.execute(
+        select(Image.id, Image.source_url).where(Image.id.in_(set(candidates.values())))
+    )
+    url_of: dict[int, str] = {image_id: url for image_id, url in stored}
+    return {url: image_id for url, image_id in candidates.items() if url_of.get(image_id) == url}
+
+
+async def finish_ingest(
+    session: AsyncSession, request_id: uuid.UUID, *, rows: int, now: datetime
+) -> bool:
+    """Mark every row of the request stored, once `rows` are; False if another did, or it is
+    no longer active."""
+    result = await session.execute(
+        update(Request)
+        .where(
+            Request.id == request_id,
+            Request.ingested_at.is_(None),
+            Request.ingested_rows == rows,
+            Request.status.in_(ACTIVE_STATUSES),
+        )
+        .values(ingested_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(result) == 1
+
+
+_ANALYZE_AFTER = 10_000  # images stored; and again at each tenfold of it
+
+
+def _crosses_analyze_mark(before: int, after: int) -> bool:
+    mark = _ANALYZE_AFTER
+    while mark <= after:
+        if before < mark:
+            return True
+        mark *= 10
+    return False
 
 
 def _is_postgresql(session: AsyncSession) -> bool:

@@ -104,11 +104,7 @@ async def claimable_batch_count(session: AsyncSession, *, batch_size: int) -> in
     result = await session.execute(
         select(func.count())
         .select_from(_images.join(_requests, _requests.c.id == _images.c.request_id))
-        .where(
-            _requests.c.status.in_(ACTIVE_STATUSES),
-            _requests.c.ingested_at.is_not(None),
-            _UNCLAIMED,
-        )
+        .where(_requests.c.status.in_(ACTIVE_STATUSES), _UNCLAIMED)
         .group_by(_images.c.request_id)
     )
     return sum(-(-count // batch_size) for count in result.scalars())
@@ -156,8 +152,9 @@ _LONGEST_WAITING = (
         _requests.c.refresh,
     )
     .where(
+        # A request's images are claimable as soon as their chunk is stored: the rest of its
+        # rows may still be on their way.
         _requests.c.status.in_(ACTIVE_STATUSES),
-        _requests.c.ingested_at.is_not(None),
         exists().where(_images.c.request_id == _requests.c.id, _UNCLAIMED),
     )
     .order_by(_requests.c.last_claimed_at.asc().nulls_first(), _requests.c.created_at)
@@ -371,6 +368,31 @@ async def record_results(
         )
 
 
+async def record_repeats(
+    session: AsyncSession, request_id: uuid.UUID, first_ids: Sequence[int], *, now: datetime
+) -> None:
+    """Record the pending duplicates of these images as they are, where they are finished.
+
+    A chunk stored after an image's first was recorded leaves its duplicates pending: the
+    record that finishes a first finds only the duplicates stored by then. Locks the firsts
+    first, as a record does (then the request), so that a record in flight is waited for.
+    """
+    finished = await session.execute(
+        select(_images.c.id, *(_images.c[column] for column in _COPIED_COLUMNS))
+        .where(
+            _images.c.id.in_(first_ids),
+            _images.c.status.in_((ImageStatus.DONE, ImageStatus.FAILED)),
+        )
+        .with_for_update()
+    )
+    results = [
+        ImageResult(image_id=image_id, **dict(zip(_COPIED_COLUMNS, columns, strict=True)))
+        for image_id, *columns in finished
+    ]
+    if results:
+        await record_results(session, request_id, results, now=now)
+
+
 _ADD_VARIANT_TOTALS = (
     update(_variant_totals)
     .where(
@@ -537,14 +559,15 @@ async def release_stale_claims(
 
 
 async def uningested_request_ids(
-    session: AsyncSession, *, created_before: datetime
+    session: AsyncSession, *, stalled_before: datetime
 ) -> list[uuid.UUID]:
-    """Active requests whose rows were never stored: their ingest message was lost."""
+    """Active requests whose rows are not all stored, and whose ingest has stored nothing
+    since `stalled_before`: its message was lost, or its worker died."""
     result = await session.execute(
         select(Request.id).where(
             Request.status.in_(ACTIVE_STATUSES),
             Request.ingested_at.is_(None),
-            Request.created_at < created_before,
+            Request.updated_at < stalled_before,
         )
     )
     return list(result.scalars())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from imgcrunch import repository
 from imgcrunch.api.deps import OwnedRequestDep, ServicesDep, SessionDep, SettingsDep, UrlsDep
@@ -88,12 +88,14 @@ async def download(request: OwnedRequestDep, services: ServicesDep) -> Response:
         raise ApiError(
             409, "no_output", f"request {request.id} is {request.status}: it has no output"
         )
-    try:
-        content = await asyncio.to_thread(services.storage.get, request.output_key)
+    try:  # opened first, so that a storage away answers 503 before the body starts
+        chunks = await asyncio.to_thread(services.storage.read_chunks, request.output_key)
     except OSError as exc:
         raise storage_fault(exc) from exc
-    return Response(
-        content,
+    # Streamed, a piece at a time (in a thread, as storage reads block): a million images'
+    # output CSV is never in memory whole.
+    return StreamingResponse(
+        chunks,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="imgcrunch-{request.id}.csv"'},
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import os
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
@@ -21,7 +22,6 @@ from imgcrunch.imaging import variants as variant_specs
 
 router = APIRouter(tags=["requests"])
 
-_CHUNK = 1024 * 1024
 _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
 _ERRORS = error_responses(401, 413, 422, 429)
 _FIELDS = ("file", "webhook_url", "quality", "effort", "variants", "refresh")
@@ -93,18 +93,20 @@ async def upload(
     made = _checked_variants(variants, services.variants, settings.max_pixels)
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
-    data = await _read_capped(file, settings.max_csv_bytes)
+    # The form's parser has spooled the file to disk already: it is checked and stored from
+    # there, a piece at a time, never held in memory whole.
+    await _refuse_too_large(file, settings.max_csv_bytes)
     limits = csvio.Limits.from_settings(settings)
     try:
-        parsed = await asyncio.to_thread(csvio.parse, data, limits)
+        summary = await asyncio.to_thread(csvio.check, file.file, limits)
     except csvio.CsvError as exc:
         raise _csv_error(exc) from None
 
     request_id = await pipeline.accept(
         session,
         services.storage,
-        data,
-        parsed,
+        file.file,
+        summary,
         quality=quality or settings.jpeg_quality,
         effort=effort or Effort(settings.jpeg_effort),
         variants=made,
@@ -117,7 +119,7 @@ async def upload(
         request_id=request_id,
         status="queued",
         status_url=services.urls.status(request_id),
-        total_images=parsed.image_count,
+        total_images=summary.image_count,
     )
 
 
@@ -208,20 +210,19 @@ def _bad_webhook_url(reason: str) -> ApiError:
     )
 
 
-async def _read_capped(file: UploadFile, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await file.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                413,
-                "file_too_large",
-                f"the CSV is over the {limit:,} byte limit (IMGCRUNCH_MAX_CSV_BYTES)",
-                [{"field": "file", "reason": f"larger than {limit:,} bytes"}],
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _refuse_too_large(file: UploadFile, limit: int) -> None:
+    size = file.size if file.size is not None else await asyncio.to_thread(_size_of, file.file)
+    if size > limit:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"the CSV is over the {limit:,} byte limit (IMGCRUNCH_MAX_CSV_BYTES)",
+            [{"field": "file", "reason": f"larger than {limit:,} bytes"}],
+        )
+
+
+def _size_of(file: BinaryIO) -> int:
+    return file.seek(0, os.SEEK_END)
 
 
 def _csv_error(exc: csvio.CsvError) -> ApiError:
