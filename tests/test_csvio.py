@@ -5,16 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import tracemalloc
 from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgcrunch import csvio
 from imgcrunch.config import Settings
 from imgcrunch.csvio import (
     OUTPUT_HEADER,
     CsvError,
+    CsvSummary,
     InputRow,
     Limits,
     OutputRow,
@@ -702,3 +705,75 @@ def test_output_rejects_output_urls_not_matching_input_urls() -> None:
 def test_output_rejects_extra_values_not_matching_extra_columns() -> None:
     with pytest.raises(ValueError, match="extra"):
         write_output(["Brand"], [replace(ROW, extra=[])])
+
+
+# --- files of any size, a piece at a time ------------------------------------------------------
+
+
+def catalog(rows: int, name: str = "Mug") -> bytes:
+    lines = (f'{n},{name} {n},"https://img.example.com/{n}/a.jpg,{B}"\n' for n in range(rows))
+    return (f"{HEADER}\n" + "".join(lines)).encode()
+
+
+def test_check_counts_what_rows_then_reads_one_at_a_time() -> None:
+    file = io.BytesIO(catalog(5))
+
+    assert csvio.check(file, DEFAULT_LIMITS) == CsvSummary((), row_count=5, image_count=10)
+    assert [(row.line, row.serial) for row in csvio.rows(file)] == [
+        (n + 2, str(n)) for n in range(5)
+    ]
+    assert [(row.line, row.serial) for row in csvio.rows(file, skip=3)] == [(5, "3"), (6, "4")]
+
+
+def test_checking_a_file_holds_a_piece_of_it_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csvio, "_READ_SIZE", 64 * 1024)
+    data = catalog(30_000, name="Caf\u00e9")  # not ASCII: text of two bytes a character
+    file = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        summary = csvio.check(file, DEFAULT_LIMITS)
+        rows = sum(1 for _ in csvio.rows(file))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert (summary.row_count, rows) == (30_000, 30_000)
+    assert peak < len(data) / 4  # parse() of the same file holds several times its size
+
+
+def test_a_character_split_between_two_pieces_is_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(csvio, "_READ_SIZE", 1024)
+    head = f"{HEADER}\n1,".encode()
+    name = b"x" * (1024 - len(head) - 1) + "\u00e9t\u00e9".encode()  # é's 2 bytes straddle 1024
+    data = head + name + f",{A}\n".encode()
+
+    [row] = csvio.rows(io.BytesIO(data))
+    assert row.name.endswith("x\u00e9t\u00e9")
+    assert csvio.check(io.BytesIO(data), DEFAULT_LIMITS).row_count == 1
+
+
+def test_windows_1252_found_out_after_the_first_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csvio, "_READ_SIZE", 1024)
+    data = catalog(100) + f"101,Caf\u00e9,{A}\n".encode("cp1252")
+
+    rows = list(csvio.rows(io.BytesIO(data)))
+    assert csvio.check(io.BytesIO(data), DEFAULT_LIMITS).row_count == 101
+    assert rows[-1].name == "Caf\u00e9"
+
+
+def test_a_file_with_problems_everywhere_names_the_first_ones_and_counts_the_rest() -> None:
+    data = catalog(5000).replace(b"https://img.example.com/", b"img.example.com/")
+    with pytest.raises(CsvError) as caught:
+        csvio.check(io.BytesIO(data), DEFAULT_LIMITS)
+
+    problems = caught.value.problems
+    assert len(problems) == DEFAULT_LIMITS.max_problems + 1
+    assert problems[0] == Problem(
+        2, "Input Image Urls", "'img.example.com/0/a.jpg' is not an absolute http(s) URL"
+    )
+    assert problems[-1] == Problem(
+        None, None, f"{2 * 5000 - DEFAULT_LIMITS.max_problems} more problems"
+    )
+    assert caught.value.message.startswith("10000 problems in 5000 rows; first: row 2,")

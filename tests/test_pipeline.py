@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from imgcrunch import csvio, repository
+from imgcrunch import pipeline as pipeline_module
 from imgcrunch.codec import Effort
 from imgcrunch.config import Settings
 from imgcrunch.db import create_engine, upgrade
@@ -148,6 +149,66 @@ async def test_the_request_that_waited_longest_is_served_first(
     await running.work_until_idle()
     # Batches take turns: the small request, one batch, finishes long before the big one's four.
     assert running.told.finished == [small, big]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows stored two images at a time, so that a few rows make several chunks."""
+    monkeypatch.setattr(pipeline_module, "_FIRST_CHUNK_IMAGES", 2)
+    monkeypatch.setattr(pipeline_module, "_CHUNK_IMAGES", 2)
+
+
+@pytest.mark.usefixtures("small_chunks")
+async def test_rows_are_stored_a_chunk_at_a_time_and_worked_on_as_they_land(
+    running: Running, image_server: ImageServer
+) -> None:
+    a, b, c, d = image_server.photo_urls(4, tag="pipeline-chunks-")
+    request_id = await running.accept(
+        f"1,A,{a}", f"2,B,{b}", f'3,C,"{c},{a}"', f"4,D,{d}", f"5,E,{b}"
+    )
+    claimable: list[int] = []
+
+    async def work_on_what_landed(count: int) -> None:
+        claimable.append(count)
+        await running.work_until_idle()  # each first is done before its repeats are stored
+
+    await running.runtime.pipeline.resume(request_id, on_stored=work_on_what_landed)
+    # Rows 1-2, then 3 (its second URL repeats row 1's), then 4-5 (row 5 repeats row 2).
+    assert claimable == [2, 1, 1]
+    request = await running.request(request_id)
+    assert (request.status, request.done_images, request.total_images) == ("completed", 6, 6)
+    outputs = [row["Output Image Urls"].split(",") for row in output_rows(running, request)]
+    assert [row["S. No."] for row in output_rows(running, request)] == ["1", "2", "3", "4", "5"]
+    assert outputs[2][1] == outputs[0][0]
+    assert outputs[4] == outputs[1]
+    assert running.told.finished == [request_id]
+
+
+@pytest.mark.usefixtures("small_chunks")
+async def test_an_ingest_stopped_midway_resumes_and_stores_each_row_once(
+    running: Running, image_server: ImageServer
+) -> None:
+    a, b, c = image_server.photo_urls(3, tag="pipeline-resumed-")
+    request_id = await running.accept(f"1,A,{a}", f"2,B,{b}", f'3,C,"{c},{a}"', f"4,D,{b}")
+
+    class Killed(Exception):
+        pass
+
+    async def die(_count: int) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):  # the worker dies right after its first chunk
+        await running.runtime.pipeline.resume(request_id, on_stored=die)
+    await running.runtime.pipeline.resume(request_id)  # another one takes over
+    await running.work_until_idle()
+    request = await running.request(request_id)
+    assert (request.status, request.done_images) == ("completed", 5)
+    async with running.runtime.sessions() as session:
+        images = (
+            await session.execute(select(Image.source_url).where(Image.request_id == request_id))
+        ).scalars()
+        assert sorted(images) == sorted([a, b, c, a, b])
+    assert len(output_rows(running, request)) == 4
 
 
 async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(

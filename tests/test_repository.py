@@ -34,6 +34,13 @@ def row(line: int, *urls: str) -> InputRow:
 
 
 async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
+    request_id = await create_unstored(sessions, *rows)
+    assert await ingest(sessions, request_id, rows)
+    return request_id
+
+
+async def create_unstored(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
+    """A request as the upload records it: its rows are still in its kept CSV."""
     request_id = uuid.uuid4()
     new = NewRequest(
         id=request_id,
@@ -45,7 +52,6 @@ async def create(sessions: SessionFactory, *rows: InputRow) -> uuid.UUID:
     )
     async with sessions.begin() as session:
         await repository.create_request(session, new)
-    assert await ingest(sessions, request_id, rows)
     return request_id
 
 
@@ -131,6 +137,129 @@ async def test_a_repeated_url_is_one_unit_of_work(sessions: SessionFactory) -> N
         assert request is not None
         assert (request.done_images, request.bytes_in, request.bytes_out) == (3, 30, 12)
         assert await repository.is_complete(session, request_id)
+
+
+async def store_chunk(
+    sessions: SessionFactory,
+    request_id: uuid.UUID,
+    rows: Sequence[InputRow],
+    *,
+    start: int,
+    firsts: repository.FirstImages,
+) -> repository.StoredChunk | None:
+    async with sessions.begin() as session:
+        return await repository.ingest_chunk(
+            session, request_id, rows, start=start, stored_images=0, firsts=firsts, now=utcnow()
+        )
+
+
+async def counts(sessions: SessionFactory, request_id: uuid.UUID) -> tuple[int, int, int]:
+    """Products, images and done images stored for the request."""
+    async with sessions() as session:
+        products = len([p async for p in repository.product_outcomes(session, request_id)])
+        images = await repository.image_count(session, request_id)
+        request = await repository.get_request(session, request_id)
+    assert request is not None
+    return products, images, request.done_images
+
+
+async def test_a_chunk_is_claimable_while_the_rest_of_its_request_is_still_stored(
+    sessions: SessionFactory,
+) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2"), row(4, "http://a/3"))
+    request_id = await create_unstored(sessions, *rows)
+    firsts = repository.FirstImages()
+    assert await store_chunk(sessions, request_id, rows[:2], start=0, firsts=firsts)
+    claimed = await claim(sessions, "w1")
+    assert len(claimed) == 2
+    async with sessions.begin() as session:
+        results = [ImageResult(image_id=i, output_key=f"k{i}") for i in claimed]
+        await repository.record_results(session, request_id, results, now=utcnow())
+        # Two of three done: not complete, for the third is still in the kept CSV.
+        assert not await repository.is_complete(session, request_id)
+        assert not await repository.is_ingested(session, request_id)
+    assert await store_chunk(sessions, request_id, rows[2:], start=2, firsts=firsts)
+    async with sessions.begin() as session:
+        assert await repository.finish_ingest(session, request_id, rows=3, now=utcnow())
+    assert len(await claim(sessions, "w1")) == 1
+
+
+async def test_a_resumed_ingest_stores_each_row_once(sessions: SessionFactory) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2"), row(4, "http://a/1", "http://a/3"))
+    request_id = await create_unstored(sessions, *rows)
+    assert await store_chunk(
+        sessions, request_id, rows[:2], start=0, firsts=repository.FirstImages()
+    )
+    # The worker died there. Another that starts over is refused its first chunk: stored.
+    assert not await store_chunk(
+        sessions, request_id, rows[:2], start=0, firsts=repository.FirstImages()
+    )
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        assert request is not None
+        assert request.ingested_rows == 2
+        firsts = await repository.stored_firsts(session, request_id)
+    stored = await store_chunk(sessions, request_id, rows[2:], start=2, firsts=firsts)
+    assert stored is not None
+    assert (stored.images, stored.claimable) == (2, 1)  # http://a/1 repeats the first chunk's
+    async with sessions.begin() as session:
+        assert await repository.finish_ingest(session, request_id, rows=3, now=utcnow())
+    assert await counts(sessions, request_id) == (3, 4, 0)
+    assert len(await claim(sessions, "w1")) == 3
+
+
+async def test_a_repeat_stored_after_its_first_was_recorded_is_recorded_with_it(
+    sessions: SessionFactory,
+) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2", "http://a/1"))
+    request_id = await create_unstored(sessions, *rows)
+    firsts = repository.FirstImages()
+    await store_chunk(sessions, request_id, rows[:1], start=0, firsts=firsts)
+    [first] = await claim(sessions, "w1")
+    async with sessions.begin() as session:
+        result = ImageResult(image_id=first, output_key="k", bytes_in=10, bytes_out=4)
+        await repository.record_results(session, request_id, [result], now=utcnow())
+    stored = await store_chunk(sessions, request_id, rows[1:], start=1, firsts=firsts)
+    assert stored is not None
+    assert stored.repeated == [first]
+    async with sessions.begin() as session:
+        await repository.record_repeats(session, request_id, stored.repeated, now=utcnow())
+        await repository.record_repeats(session, request_id, stored.repeated, now=utcnow())
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        repeat = (
+            await session.execute(select(Image).where(Image.duplicate_of == first))
+        ).scalar_one()
+    assert request is not None
+    assert (request.done_images, request.bytes_out) == (2, 8)  # counted once, however often
+    assert (repeat.status, repeat.output_key) == ("done", "k")
+
+
+async def test_a_url_is_taken_for_a_repeat_only_when_the_database_says_it_is_one(
+    sessions: SessionFactory,
+) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2"))
+    request_id = await create_unstored(sessions, *rows)
+    firsts = repository.FirstImages()
+    await store_chunk(sessions, request_id, rows[:1], start=0, firsts=firsts)
+    [first] = await claim(sessions, "w1")
+    firsts.add("http://a/2", first)  # as if the two URLs' hashes collided
+    stored = await store_chunk(sessions, request_id, rows[1:], start=1, firsts=firsts)
+    assert stored is not None
+    assert (stored.claimable, stored.repeated) == (1, [])
+
+
+async def test_no_chunk_is_stored_for_a_cancelled_request(sessions: SessionFactory) -> None:
+    rows = (row(2, "http://a/1"), row(3, "http://a/2"))
+    request_id = await create_unstored(sessions, *rows)
+    firsts = repository.FirstImages()
+    await store_chunk(sessions, request_id, rows[:1], start=0, firsts=firsts)
+    async with sessions.begin() as session:
+        assert await repository.cancel_request(session, request_id, now=utcnow())
+    assert await store_chunk(sessions, request_id, rows[1:], start=1, firsts=firsts) is None
+    async with sessions.begin() as session:
+        assert not await repository.finish_ingest(session, request_id, rows=1, now=utcnow())
+    assert (await counts(sessions, request_id))[:2] == (1, 1)
 
 
 async def test_a_live_claim_is_not_taken_twice_and_a_stale_one_comes_back_through_the_sweep(

@@ -213,3 +213,59 @@ def test_sigterm_hands_back_what_the_grace_cannot_wait_for(
     held_origin.release.set()
     service.start()
     assert_every_image_exactly_once(service, request_id, urls)
+
+
+def ingest_state(service: Service, request_id: str) -> tuple[int, bool]:
+    """Rows the request has stored so far, and whether all are."""
+    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
+        stored, done = db.execute(
+            "SELECT ingested_rows, ingested_at IS NOT NULL FROM requests WHERE id = ?",
+            (request_id.replace("-", ""),),
+        ).fetchone()
+    return int(stored), bool(done)
+
+
+def test_sigkill_mid_ingest_then_restart_stores_every_row_once(
+    make_service: ServiceFactory, image_server: ImageServer
+) -> None:
+    rows = 30_000  # stored in chunks over a few seconds: the kill lands among them
+    shared = image_server.url("/missing/shared.jpg")  # in every row: repeats across chunks
+    lines = (f'{n},P{n},"{image_server.url(f"/missing/{n}.jpg")},{shared}"\n' for n in range(rows))
+    service = make_service()
+    response = service.upload("S. No,Product Name,Input Image Urls\n" + "".join(lines))
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
+
+    def part_stored() -> int | None:
+        stored, whole = ingest_state(service, request_id)
+        return stored if stored and not whole else None
+
+    stored = wait_until("some rows stored, not all", part_stored, interval=0.005)
+    service.signal(signal.SIGKILL)
+    service.wait()
+    assert 0 < stored < rows
+
+    service.start()
+    wait_until("every row stored", lambda: ingest_state(service, request_id)[1])
+    with sqlite3.connect(service.data_dir / "imgcrunch.db") as db:
+        stored_id = request_id.replace("-", "")
+        products = db.execute(
+            "SELECT count(*), count(DISTINCT position), min(position), max(position)"
+            " FROM products WHERE request_id = ?",
+            (stored_id,),
+        ).fetchone()
+        images = db.execute(
+            "SELECT count(*), count(DISTINCT product_id || '.' || position)"
+            " FROM images WHERE request_id = ?",
+            (stored_id,),
+        ).fetchone()
+        firsts_of_shared = db.execute(
+            "SELECT count(*) FROM images WHERE request_id = ? AND source_url = ?"
+            " AND duplicate_of IS NULL",
+            (stored_id, shared),
+        ).fetchone()
+    assert products == (rows, rows, 0, rows - 1)  # each row once, none lost
+    assert images == (2 * rows, 2 * rows)
+    assert firsts_of_shared == (1,)  # fetched once: every other is its duplicate
+    assert service.status(request_id)["progress"]["total"] == 2 * rows
+    assert httpx.post(f"{service.base_url}/requests/{request_id}/cancel").status_code == 200

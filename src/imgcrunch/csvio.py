@@ -16,7 +16,7 @@ import io
 import itertools
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -576,7 +576,7 @@ def check(file: BinaryIO, limits: Limits) -> CsvSummary:
     return CsvSummary(_extra_columns(header), row_count, image_count)
 
 
-def rows(file: BinaryIO, *, skip: int = 0) -> Iterator[InputRow]:
+def rows(file: BinaryIO, *, skip: int = 0) -> Generator[InputRow, None, None]:
     """The data rows of a file `check` accepted, in file order, read in pieces; `skip`: leave
     out that many from the start (stored already)."""
     text = _Text.of(file)

@@ -210,30 +210,31 @@ class Pipeline:
             async with self.sessions() as session:
                 firsts = await repository.stored_firsts(session, request.id)
                 stored_images = await repository.image_count(session, request.id)
-        rows = csvio.rows(csv_file, skip=start)
-        size = _FIRST_CHUNK_IMAGES
-        while chunk := await asyncio.to_thread(_rows_of_images, rows, size):
-            async with self.sessions.begin() as session:
-                stored = await repository.ingest_chunk(
-                    session,
-                    request.id,
-                    chunk,
-                    start=start,
-                    stored_images=stored_images,
-                    firsts=firsts,
-                    now=utcnow(),
-                )
-            if stored is None:  # another stores them, or it was cancelled or deleted
-                return await self._is_ingested(request.id)
-            start += len(chunk)
-            stored_images += stored.images
-            if stored.repeated:
+        # Closed here, while its file is open, whichever way the loop ends.
+        with contextlib.closing(csvio.rows(csv_file, skip=start)) as rows:
+            size = _FIRST_CHUNK_IMAGES
+            while chunk := await asyncio.to_thread(_rows_of_images, rows, size):
                 async with self.sessions.begin() as session:
-                    await repository.record_repeats(
-                        session, request.id, stored.repeated, now=utcnow()
+                    stored = await repository.ingest_chunk(
+                        session,
+                        request.id,
+                        chunk,
+                        start=start,
+                        stored_images=stored_images,
+                        firsts=firsts,
+                        now=utcnow(),
                     )
-            await on_stored(stored.claimable)
-            size = min(size * 4, _CHUNK_IMAGES)
+                if stored is None:  # another stores them, or it was cancelled or deleted
+                    return await self._is_ingested(request.id)
+                start += len(chunk)
+                stored_images += stored.images
+                if stored.repeated:
+                    async with self.sessions.begin() as session:
+                        await repository.record_repeats(
+                            session, request.id, stored.repeated, now=utcnow()
+                        )
+                await on_stored(stored.claimable)
+                size = min(size * 4, _CHUNK_IMAGES)
         async with self.sessions.begin() as session:
             if await repository.finish_ingest(session, request.id, rows=start, now=utcnow()):
                 return True
