@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,15 +42,33 @@ def test_a_missing_key_is_file_not_found_and_a_bad_one_refused(bucket: Bucket) -
             storage.put(bad, b"x")
 
 
-def test_a_big_csv_goes_up_in_parts_and_comes_back_whole(bucket: Bucket) -> None:
+def test_a_big_csv_goes_up_in_parts_from_its_file_and_comes_back_whole(
+    bucket: Bucket, tmp_path: Path
+) -> None:
     storage = storage_in(bucket)
     key = input_csv_key(uuid.uuid4())
     data = b"S. No,Product Name,Input Image Urls\n" + b"1,A,https://a.example/x.jpg\n" * 500_000
     assert len(data) > 12 * 1024 * 1024  # over two 5 MiB parts
-    storage.put(key, data)
-    assert storage.get(key) == data
+    (tmp_path / "upload.csv").write_bytes(data)
+    with (tmp_path / "upload.csv").open("rb") as file:
+        file.read(100)  # wherever the file stands, all of it is stored
+        storage.put_file(key, file)
     etag = bucket.server.head(bucket.name, f"{bucket.prefix}/{key}")["ETag"]
     assert "-" in etag  # a multipart upload's ETag names its parts: "<md5>-<parts>"
+    chunks = list(storage.read_chunks(key))
+    assert len(chunks) > 1
+    assert b"".join(chunks) == data
+    with storage.opened(key) as copy:
+        copy.seek(len(data) - 10)
+        assert copy.read() == data[-10:]
+
+
+def test_a_missing_key_is_not_found_before_anything_is_read(bucket: Bucket) -> None:
+    storage = storage_in(bucket)
+    with pytest.raises(FileNotFoundError):
+        storage.read_chunks("csv/none/output.csv")
+    with pytest.raises(FileNotFoundError), storage.opened("csv/none/input.csv"):
+        pass
 
 
 def test_deleting_a_request_removes_its_objects_and_nothing_else(bucket: Bucket) -> None:

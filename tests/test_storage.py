@@ -22,6 +22,31 @@ def test_put_then_get(tmp_path: Path) -> None:
     assert (tmp_path / "csv" / "x" / "output.csv").read_bytes() == b"a,b\r\n"
 
 
+def test_a_file_is_stored_and_read_back_a_piece_at_a_time(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    data = os.urandom(3 * storage_module.CHUNK_SIZE + 17)
+    (tmp_path / "upload.csv").write_bytes(data)
+    with (tmp_path / "upload.csv").open("rb") as file:
+        file.read(100)  # wherever the file stands, all of it is stored
+        storage.put_file("csv/x/input.csv", file)
+
+    chunks = list(storage.read_chunks("csv/x/input.csv"))
+    assert [len(chunk) for chunk in chunks] == [storage_module.CHUNK_SIZE] * 3 + [17]
+    assert b"".join(chunks) == data
+    with storage.opened("csv/x/input.csv") as file:
+        file.seek(-17, os.SEEK_END)
+        assert file.read() == data[-17:]
+    assert list((tmp_path / "store" / ".partial").iterdir()) == []
+
+
+def test_a_missing_file_is_not_found_before_anything_is_read(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        storage.read_chunks("csv/none/output.csv")
+    with pytest.raises(FileNotFoundError), storage.opened("csv/none/input.csv"):
+        pass
+
+
 def test_an_overwrite_replaces_the_whole_file(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     storage.put("k", b"long old content")
