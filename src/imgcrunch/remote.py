@@ -58,12 +58,11 @@ def submit(
     )
     form = {key: str(value) for key, value in fields if value}
     try:
-        with server.client() as client:
+        with server.client() as client, csv_path.open("rb") as csv_file:
+            # Sent from the file, a piece at a time: a catalog's CSV is never in memory whole.
             answer = _ok(
                 client.post(
-                    "/upload",
-                    files={"file": (csv_path.name, csv_path.read_bytes(), "text/csv")},
-                    data=form,
+                    "/upload", files={"file": (csv_path.name, csv_file, "text/csv")}, data=form
                 ),
                 console,
             )
