@@ -135,6 +135,7 @@ def test_cancel_mid_request_processes_no_image_after_it(
         assert service.wait_until_finished(after)["status"] == "completed"
         asked_later = fetched(image_server, urls)
         status = client.get(f"/status/{request_id}").json()
+        listed = client.get(f"/requests/{request_id}/images").json()["images"]
         again = client.post(f"/requests/{request_id}/cancel")
         output = client.get(f"/download/{request_id}")
     assert cancelled.status_code == 200
@@ -147,6 +148,8 @@ def test_cancel_mid_request_processes_no_image_after_it(
     assert fetched(image_server, urls) == asked_later
     assert status["status"] == "cancelled"
     assert status["progress"]["done"] == done
+    states = [image["status"] for image in listed]
+    assert (states.count("done"), states.count("cancelled")) == (done, 12 - done)
     assert (again.status_code, again.json()["error"]["code"]) == (409, "not_active")
     assert (output.status_code, output.json()["error"]["code"]) == (409, "no_output")
 

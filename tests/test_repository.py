@@ -249,6 +249,26 @@ async def test_a_url_is_taken_for_a_repeat_only_when_the_database_says_it_is_one
     assert (stored.claimable, stored.repeated) == (1, [])
 
 
+async def test_a_result_arriving_after_a_cancel_changes_nothing(sessions: SessionFactory) -> None:
+    request_id = await create(sessions, row(2, "http://a/1"), row(3, "http://a/2"))
+    claimed = await claim(sessions, "w1")
+    async with sessions.begin() as session:
+        assert await repository.cancel_request(session, request_id, now=utcnow())
+        assert not await repository.cancel_request(session, request_id, now=utcnow())
+    async with sessions.begin() as session:
+        results = [ImageResult(image_id=i, output_key=f"k{i}", bytes_out=5) for i in claimed]
+        await repository.record_results(session, request_id, results, now=utcnow())
+    async with sessions() as session:
+        request = await repository.get_request(session, request_id)
+        statuses = (
+            await session.execute(select(Image.status).where(Image.request_id == request_id))
+        ).scalars()
+        assert set(statuses) == {"pending"}  # one row changed at the cancel: the request's
+    assert request is not None
+    assert (request.status, request.done_images, request.bytes_out) == ("cancelled", 0, 0)
+    assert await claim(sessions, "w2") == []
+
+
 async def test_no_chunk_is_stored_for_a_cancelled_request(sessions: SessionFactory) -> None:
     rows = (row(2, "http://a/1"), row(3, "http://a/2"))
     request_id = await create_unstored(sessions, *rows)

@@ -183,10 +183,23 @@ class InlineDispatcher:
             task.add_done_callback(self._resuming.discard)
 
     async def _resume(self, request_id: uuid.UUID) -> None:
-        try:
-            await self._pipeline.resume(request_id, on_stored=self._stored)
-        except Exception:
-            log.exception("could not schedule request %s", request_id)
+        """Ingest it, trying again with backoff while that fails (the database or storage
+        away): a big ingest stopped midway goes on from its last chunk, not at the next start."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._pipeline.resume(request_id, on_stored=self._stored)
+                break
+            except Exception as error:
+                failures += 1
+                retry_in = backoff(failures)
+                if not isinstance(error, InfrastructureFault):
+                    log.exception(
+                        "could not store request %s's rows; trying again in %.1f s",
+                        request_id,
+                        retry_in,
+                    )
+                await asyncio.sleep(retry_in)
         self._work.set()
 
     async def _stored(self, _claimable: int) -> None:

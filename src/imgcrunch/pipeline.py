@@ -92,7 +92,7 @@ async def _nothing_to_send(_claimable: int) -> None:
 # The first chunk of rows stored is small, so that work starts within moments of the upload;
 # each next is four times the last, up to the most one transaction stores.
 _FIRST_CHUNK_IMAGES = 256
-_CHUNK_IMAGES = 10_000
+_CHUNK_IMAGES = 2_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

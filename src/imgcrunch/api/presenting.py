@@ -27,7 +27,7 @@ from imgcrunch.api.schemas import (
 )
 from imgcrunch.csvio import OUTPUT_HEADER
 from imgcrunch.imaging import variants as variant_specs
-from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, Request, utcnow
+from imgcrunch.models import ACTIVE_STATUSES, DeliveryStatus, ImageStatus, Request, utcnow
 from imgcrunch.public_urls import PublicUrls
 
 _HISTORY = 20  # webhook attempts shown; a schedule has 8 at most
@@ -133,14 +133,19 @@ def kept_original(image: repository.ImageRow) -> KeptOriginal:
 
 
 def image_info(
-    image: repository.ImageRow, urls: PublicUrls, names: Sequence[str] = ("output",)
+    image: repository.ImageRow,
+    urls: PublicUrls,
+    names: Sequence[str] = ("output",),
+    *,
+    request_active: bool = True,
 ) -> ImageInfo:
-    """`names`: the request's variants' names, in order."""
+    """`names`: the request's variants' names, in order; `request_active`: its request is
+    queued or processing."""
     return ImageInfo(
         row=image.row_number,
         product_name=image.product_name,
         source_url=image.source_url,
-        status=image.status,
+        status=_image_status(image.status, request_active=request_active),
         output_url=urls.stored(image.output_key) if image.output_key else None,
         bytes_in=image.bytes_in,
         bytes_out=image.bytes_out,
@@ -152,6 +157,14 @@ def image_info(
         variants=_image_variants(image, urls, names),
         reuse=cast("ReuseKind | None", image.reuse),
     )
+
+
+def _image_status(status: str, *, request_active: bool) -> str:
+    # A cancel leaves its request's pending images as they are (one row changes, not a million):
+    # they will never be processed.
+    if status == ImageStatus.PENDING and not request_active:
+        return ImageStatus.CANCELLED
+    return status
 
 
 def _image_variants(

@@ -293,7 +293,10 @@ _IN_CHUNK = 500
 
 async def cancel_request(session: AsyncSession, request_id: uuid.UUID, *, now: datetime) -> bool:
     """Stop an active request: its images not yet recorded will never be. False if it was not
-    active. A result that arrives afterwards changes nothing: only pending images are recorded.
+    active. One row changes, however many images the request has (a million images took 15 s to
+    mark one by one on PostgreSQL): its pending images stay pending, and are shown as cancelled;
+    claims and records take only images of active requests, so a result that arrives afterwards
+    changes nothing.
     """
     result = await session.execute(
         update(Request)
@@ -301,15 +304,7 @@ async def cancel_request(session: AsyncSession, request_id: uuid.UUID, *, now: d
         .values(status=RequestStatus.CANCELLED, completed_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if rowcount(result) != 1:
-        return False
-    await session.execute(
-        update(Image)
-        .where(Image.request_id == request_id, Image.status == ImageStatus.PENDING)
-        .values(status=ImageStatus.CANCELLED, claimed_by=None, claimed_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    return True
+    return rowcount(result) == 1
 
 
 async def retry_failed_images(

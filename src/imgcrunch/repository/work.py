@@ -289,6 +289,10 @@ def _record_statement(count: int) -> Update:
         .where(
             or_(_images.c.id.in_(ids), _images.c.duplicate_of.in_(ids)),
             _images.c.status == ImageStatus.PENDING,
+            # Not once its request is cancelled (which leaves its pending images as they are).
+            exists().where(
+                _requests.c.id == _images.c.request_id, _requests.c.status.in_(ACTIVE_STATUSES)
+            ),
         )
         .values(
             {column: per_image(column) for column in _RESULT_COLUMNS}

@@ -73,7 +73,8 @@ async def list_images(
     start = None if after is None else _place(after)
     found = await repository.request_images(session, request.id, limit=limit + 1, after=start)
     names = [variant.name for variant in variant_specs.from_json(request.variants)]
-    images = [image_info(image, urls, names) for _, image in found[:limit]]
+    active = request.status in ACTIVE_STATUSES
+    images = [image_info(image, urls, names, request_active=active) for _, image in found[:limit]]
     next_url = None
     if len(found) > limit:
         (row, position), _ = found[limit - 1]
