@@ -62,11 +62,11 @@ async def _store_requests(sessions: SessionFactory, images: int) -> list[uuid.UU
                 request_id,
                 rows,
                 start=0,
+                last=True,
                 stored_images=0,
                 firsts=repository.FirstImages(),
                 now=utcnow(),
             )
-            await repository.finish_ingest(session, request_id, rows=len(rows), now=utcnow())
         request_ids.append(request_id)
     return request_ids
 

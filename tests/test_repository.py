@@ -58,7 +58,7 @@ async def create_unstored(sessions: SessionFactory, *rows: InputRow) -> uuid.UUI
 async def ingest(
     sessions: SessionFactory, request_id: uuid.UUID, rows: Sequence[InputRow], *, chunk: int = 2
 ) -> bool:
-    """What an ingest does: the rows a chunk at a time, then the mark that all are stored."""
+    """What an ingest does: the rows a chunk at a time, the last marking all stored."""
     firsts = repository.FirstImages()
     stored_images = 0
     for start in range(0, len(rows), chunk):
@@ -68,6 +68,7 @@ async def ingest(
                 request_id,
                 rows[start : start + chunk],
                 start=start,
+                last=start + chunk >= len(rows),
                 stored_images=stored_images,
                 firsts=firsts,
                 now=utcnow(),
@@ -78,8 +79,7 @@ async def ingest(
         if stored.repeated:
             async with sessions.begin() as session:
                 await repository.record_repeats(session, request_id, stored.repeated, now=utcnow())
-    async with sessions.begin() as session:
-        return await repository.finish_ingest(session, request_id, rows=len(rows), now=utcnow())
+    return True
 
 
 async def claim(sessions: SessionFactory, worker: str, *, age: float = 0) -> list[int]:
@@ -146,10 +146,18 @@ async def store_chunk(
     *,
     start: int,
     firsts: repository.FirstImages,
+    last: bool = False,
 ) -> repository.StoredChunk | None:
     async with sessions.begin() as session:
         return await repository.ingest_chunk(
-            session, request_id, rows, start=start, stored_images=0, firsts=firsts, now=utcnow()
+            session,
+            request_id,
+            rows,
+            start=start,
+            last=last,
+            stored_images=0,
+            firsts=firsts,
+            now=utcnow(),
         )
 
 
@@ -178,9 +186,9 @@ async def test_a_chunk_is_claimable_while_the_rest_of_its_request_is_still_store
         # Two of three done: not complete, for the third is still in the kept CSV.
         assert not await repository.is_complete(session, request_id)
         assert not await repository.is_ingested(session, request_id)
-    assert await store_chunk(sessions, request_id, rows[2:], start=2, firsts=firsts)
-    async with sessions.begin() as session:
-        assert await repository.finish_ingest(session, request_id, rows=3, now=utcnow())
+    assert await store_chunk(sessions, request_id, rows[2:], start=2, firsts=firsts, last=True)
+    async with sessions() as session:
+        assert await repository.is_ingested(session, request_id)
     assert len(await claim(sessions, "w1")) == 1
 
 
@@ -202,8 +210,9 @@ async def test_a_resumed_ingest_stores_each_row_once(sessions: SessionFactory) -
     stored = await store_chunk(sessions, request_id, rows[2:], start=2, firsts=firsts)
     assert stored is not None
     assert (stored.images, stored.claimable) == (2, 1)  # http://a/1 repeats the first chunk's
-    async with sessions.begin() as session:
+    async with sessions.begin() as session:  # the worker died before it said all are stored
         assert await repository.finish_ingest(session, request_id, rows=3, now=utcnow())
+        assert not await repository.finish_ingest(session, request_id, rows=3, now=utcnow())
     assert await counts(sessions, request_id) == (3, 4, 0)
     assert len(await claim(sessions, "w1")) == 3
 
@@ -277,8 +286,6 @@ async def test_no_chunk_is_stored_for_a_cancelled_request(sessions: SessionFacto
     async with sessions.begin() as session:
         assert await repository.cancel_request(session, request_id, now=utcnow())
     assert await store_chunk(sessions, request_id, rows[1:], start=1, firsts=firsts) is None
-    async with sessions.begin() as session:
-        assert not await repository.finish_ingest(session, request_id, rows=1, now=utcnow())
     assert (await counts(sessions, request_id))[:2] == (1, 1)
 
 

@@ -143,6 +143,7 @@ async def ingest_chunk(
     rows: Sequence[InputRow],
     *,
     start: int,
+    last: bool,
     stored_images: int,
     firsts: FirstImages,
     now: datetime,
@@ -152,8 +153,8 @@ async def ingest_chunk(
 
     All in the caller's transaction, behind a conditional update of the rows stored so far:
     a crash leaves each chunk stored whole or not at all, and a worker resuming from that
-    count, or racing another, stores each row once. `stored_images`: the request's images
-    stored before this chunk.
+    count, or racing another, stores each row once. `last`: the request's last rows, which
+    mark it stored (`ingested_at`); `stored_images`: its images stored before this chunk.
     """
     claimed = await session.execute(
         update(Request)
@@ -163,7 +164,7 @@ async def ingest_chunk(
             Request.ingested_rows == start,
             Request.status.in_(ACTIVE_STATUSES),
         )
-        .values(ingested_rows=start + len(rows), updated_at=now)
+        .values(ingested_rows=start + len(rows), ingested_at=now if last else None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if rowcount(claimed) != 1:
@@ -258,15 +259,14 @@ async def _earlier_firsts(
 async def finish_ingest(
     session: AsyncSession, request_id: uuid.UUID, *, rows: int, now: datetime
 ) -> bool:
-    """Mark every row of the request stored, once `rows` are; False if another did, or it is
-    no longer active."""
+    """Mark every row of the request stored, once `rows` are; False if another did. (Its last
+    images may be finished, and the request with them, before this.)"""
     result = await session.execute(
         update(Request)
         .where(
             Request.id == request_id,
             Request.ingested_at.is_(None),
             Request.ingested_rows == rows,
-            Request.status.in_(ACTIVE_STATUSES),
         )
         .values(ingested_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
