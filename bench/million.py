@@ -3,7 +3,7 @@
 deleted while it works.
 
 Measured, in embedded mode (SQLite, in-process workers) and in scale-out mode (PostgreSQL,
-Redis, one Celery worker):
+Redis, one Celery worker with a pool process per core, as by default):
 - how long POST /upload takes to answer 202;
 - how long after the 202 the first image is done;
 - how long after the 202 every row is stored (the database's `ingested_at`);
@@ -327,7 +327,9 @@ def measure_mode(mode: str, origin: Origin, body: bytes, rows: int) -> ModeRepor
                 )
             )
     else:
-        with scale_out(1) as running:
+        # A worker as `imgcrunch worker` starts by default here: a pool process per core (2),
+        # so that one stores the rows while the other works on the first images.
+        with scale_out(1, processes=os.cpu_count() or 1) as running:
             assert isinstance(running, Deployment)
             database_url = running.api.env["IMGCRUNCH_DATABASE_URL"]
             asyncio.run(

@@ -63,8 +63,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("IMGCRUNCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TARGET_SHARE = 0.85  # two workers' images/s over the two-thread codec limit
-# Passed through to `celery worker`: one pool process each; mingle and gossip only slow a start.
-WORKER_OPTIONS = ("--concurrency", "1", "--without-mingle", "--without-gossip")
+# Passed through to `celery worker` (with `--concurrency`, one pool process each unless told
+# otherwise): mingle and gossip only slow a start.
+WORKER_OPTIONS = ("--without-mingle", "--without-gossip")
 EMBEDDED = 0  # "workers" of the embedded run: it has none, it uses every core itself
 
 
@@ -125,7 +126,9 @@ class Deployment:
         return sum(tree_cpu_seconds(worker.pid) for worker in self.workers)
 
 
-def _start_workers(count: int, api: Service) -> list[subprocess.Popen[bytes]]:
+def _start_workers(
+    count: int, api: Service, *, processes: int = 1
+) -> list[subprocess.Popen[bytes]]:
     workers = []
     env = api.env | {"IMGCRUNCH_CPU_WORKERS": "1"}  # one codec thread each: one core each
     for n in range(count):
@@ -133,7 +136,7 @@ def _start_workers(count: int, api: Service) -> list[subprocess.Popen[bytes]]:
         command = [sys.executable, "-m", "imgcrunch", "worker", "-n", f"bench-{n}@%h"]
         workers.append(
             subprocess.Popen(
-                [*command, *WORKER_OPTIONS],
+                [*command, "--concurrency", str(processes), *WORKER_OPTIONS],
                 env=env,
                 cwd=api.data_dir,
                 stdout=log,
@@ -164,9 +167,9 @@ def _stop_workers(workers: Sequence[subprocess.Popen[bytes]]) -> None:
 
 
 @contextmanager
-def scale_out(workers: int) -> Iterator[Deployment]:
-    """The API in scale-out mode and `workers` worker processes, on a fresh database and
-    key prefix, all stopped and removed afterwards."""
+def scale_out(workers: int, *, processes: int = 1) -> Iterator[Deployment]:
+    """The API in scale-out mode and `workers` workers of `processes` pool processes each, on
+    a fresh database and key prefix, all stopped and removed afterwards."""
     with (
         tempfile.TemporaryDirectory(prefix="imgcrunch-bench-") as folder,
         fresh_database() as database_url,
@@ -184,7 +187,7 @@ def scale_out(workers: int) -> Iterator[Deployment]:
         started: list[subprocess.Popen[bytes]] = []
         try:
             start(api)
-            started = _start_workers(workers, api)
+            started = _start_workers(workers, api, processes=processes)
             yield Deployment(api, started)
         except BaseException:
             print(f"--- API log ({api.log_path}), last lines:", file=sys.stderr)

@@ -23,7 +23,7 @@ from imgcrunch.config import Settings
 from imgcrunch.db import create_engine, upgrade
 from imgcrunch.faults import InfrastructureFault
 from imgcrunch.models import Image, Request
-from imgcrunch.pipeline import MAX_ATTEMPTS, Ingest, Pipeline, accept
+from imgcrunch.pipeline import MAX_ATTEMPTS, Pipeline, accept
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
 from imgcrunch.storage import LocalStorage, input_csv_key
 from tests.plugins.disks import SmallDiskFactory
@@ -209,25 +209,6 @@ async def test_an_ingest_stopped_midway_resumes_and_stores_each_row_once(
         ).scalars()
         assert sorted(images) == sorted([a, b, c, a, b])
     assert len(output_rows(running, request)) == 4
-
-
-@pytest.mark.usefixtures("small_chunks")
-async def test_an_ingest_given_slices_of_time_stops_after_each_and_goes_on_from_there(
-    running: Running, image_server: ImageServer
-) -> None:
-    a, b, c = image_server.photo_urls(3, tag="pipeline-sliced-")
-    request_id = await running.accept(f'1,A,"{a},{b}"', f"2,B,{c}", f"3,C,{a}")
-    pipeline = running.runtime.pipeline
-    states = []
-    while (state := await pipeline.resume(request_id, slice_seconds=0)) is Ingest.PAUSED:
-        states.append(state)
-        await running.work_until_idle()  # the batches sent meanwhile, in turn with the ingest
-    # Row 1, then rows 2 and 3: the last chunk, after which there is nothing to pause for.
-    assert (len(states), state) == (1, Ingest.STORED)
-    await running.work_until_idle()
-    assert await pipeline.resume(request_id, slice_seconds=0) is Ingest.STORED
-    request = await running.request(request_id)
-    assert (request.status, request.done_images) == ("completed", 4)
 
 
 async def test_a_request_whose_kept_csv_is_gone_fails_and_is_told(

@@ -30,7 +30,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from imgcrunch.config import Settings
 from imgcrunch.faults import InfrastructureFault
-from imgcrunch.pipeline import Ingest
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
 
 log = logging.getLogger(__name__)
@@ -48,9 +47,6 @@ DELIVER = "imgcrunch.deliver_webhooks"
 TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
 RETRY_BACKOFF_MAX = 300.0
 ABANDONED_WRITE_AGE = 3600.0  # seconds; a write takes milliseconds
-# An ingest task stores a big request's rows for about this long, then sends itself again for
-# the rest: a worker whose only process is ingesting still gets to the batches sent meanwhile.
-INGEST_SLICE_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -229,12 +225,8 @@ async def _ingest(worker: WorkerRuntime, request_id: uuid.UUID) -> int:
             await asyncio.to_thread(send_next, app)
         sent += batches
 
-    ingested = await pipeline.resume(
-        request_id, on_stored=send_batches, slice_seconds=INGEST_SLICE_SECONDS
-    )
-    if ingested is Ingest.PAUSED:  # the rest after the batches sent so far, in turn with them
-        await asyncio.to_thread(send_ingest, app, request_id)
-    elif not sent:  # stored before (a redelivered message): its work may never have been sent
+    await pipeline.resume(request_id, on_stored=send_batches)
+    if not sent:  # stored before (a redelivered message): its work may never have been sent
         await send_batches(await pipeline.unclaimed_images(request_id))
     return sent
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import logging
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -80,14 +78,6 @@ async def accept(
             ),
         )
     return request_id
-
-
-class Ingest(enum.Enum):
-    """Where an ingest left its request's rows."""
-
-    STORED = "stored"  # every row: its images are all claimable
-    PAUSED = "paused"  # the slice of time it was given ran out: a later call stores the rest
-    STOPPED = "stopped"  # none to store: the request is gone, cancelled, or its CSV unreadable
 
 
 # Told of each chunk of a request's rows as it is stored, with how many images of it are to be
@@ -177,55 +167,43 @@ class Pipeline:
         self._cancelled.add(request_id)
 
     async def ingest(
-        self,
-        request_id: uuid.UUID,
-        *,
-        on_stored: StoredHook = _nothing_to_send,
-        slice_seconds: float | None = None,
-    ) -> Ingest:
-        """Store a request's products and images from its kept input CSV.
+        self, request_id: uuid.UUID, *, on_stored: StoredHook = _nothing_to_send
+    ) -> bool:
+        """Store a request's products and images from its kept input CSV; False if it can't be
+        (the request is gone, cancelled, or its CSV unreadable).
 
         The upload validated the file and answered at once; the rows are stored here, a chunk
         at a time, each once: the first images are claimable within moments, a crash resumes
         after the last chunk stored, and a big catalog never holds up the answer.
-
-        With `slice_seconds`, it stops (PAUSED) after the request's first chunk, and then after
-        the first chunk that ends past that many seconds: a worker that both ingests and
-        processes gets to the first images at once, and takes turns with them after that.
         """
         logs.request_id.set(request_id)
         async with self.sessions() as session:
             request = await repository.get_request(session, request_id)
             if request is not None and request.ingested_at is not None:
-                return Ingest.STORED
+                return True
             if request is None or request.status not in ACTIVE_STATUSES:
-                return Ingest.STOPPED
+                return False
         try:
             opened = self.storage.opened(request.input_key)
             csv_file = await asyncio.to_thread(opened.__enter__)
         except FileNotFoundError as exc:
             log.exception("request %s: its input CSV cannot be read again", request_id)
             await self._fail(request, f"input CSV unreadable: {exc}")
-            return Ingest.STOPPED
+            return False
         except OSError as exc:  # the storage is away, not the file: try again later
             raise storage_fault(exc) from exc
         try:
-            return await self._ingest_rows(request, csv_file, on_stored, slice_seconds)
+            return await self._ingest_rows(request, csv_file, on_stored)
         except csvio.CsvError as exc:
             log.exception("request %s: its input CSV cannot be read again", request_id)
             await self._fail(request, f"input CSV unreadable: {exc}")
-            return Ingest.STOPPED
+            return False
         finally:
             await asyncio.to_thread(opened.__exit__, None, None, None)
 
     async def _ingest_rows(
-        self,
-        request: Request,
-        csv_file: BinaryIO,
-        on_stored: StoredHook,
-        slice_seconds: float | None,
-    ) -> Ingest:
-        began = time.monotonic()
+        self, request: Request, csv_file: BinaryIO, on_stored: StoredHook
+    ) -> bool:
         start = request.ingested_rows
         stored_images = 0
         firsts = repository.FirstImages()
@@ -254,7 +232,6 @@ class Pipeline:
                     )
                 if stored is None:  # another stores them, or it was cancelled or deleted
                     return await self._is_ingested(request.id)
-                first_chunk = start == 0
                 start += len(chunk)
                 stored_images += stored.images
                 if stored.repeated:
@@ -263,37 +240,26 @@ class Pipeline:
                             session, request.id, stored.repeated, now=utcnow()
                         )
                 await on_stored(stored.claimable)
-                if not following:
-                    return Ingest.STORED
-                if slice_seconds is not None and (
-                    first_chunk or time.monotonic() - began >= slice_seconds
-                ):
-                    return Ingest.PAUSED
                 chunk = following
+            if start > request.ingested_rows:  # the last chunk stored marked them all stored
+                return True
         # Every row was stored already, by a worker that died before it could say so.
         async with self.sessions.begin() as session:
             if await repository.finish_ingest(session, request.id, rows=start, now=utcnow()):
-                return Ingest.STORED
+                return True
         return await self._is_ingested(request.id)
 
-    async def _is_ingested(self, request_id: uuid.UUID) -> Ingest:
+    async def _is_ingested(self, request_id: uuid.UUID) -> bool:
         async with self.sessions() as session:
-            stored = await repository.is_ingested(session, request_id)
-        return Ingest.STORED if stored else Ingest.STOPPED
+            return await repository.is_ingested(session, request_id)
 
     async def resume(
-        self,
-        request_id: uuid.UUID,
-        *,
-        on_stored: StoredHook = _nothing_to_send,
-        slice_seconds: float | None = None,
-    ) -> Ingest:
-        """Make a request claimable: ingest it if need be (as `ingest` does), and finalise it
-        if every image was already done (before a restart) so no claim is left to do it."""
-        ingested = await self.ingest(request_id, on_stored=on_stored, slice_seconds=slice_seconds)
-        if ingested is Ingest.STORED:
+        self, request_id: uuid.UUID, *, on_stored: StoredHook = _nothing_to_send
+    ) -> None:
+        """Make a request claimable: ingest it if need be, and finalise it if every image was
+        already done (before a restart) so no claim is left to do it."""
+        if await self.ingest(request_id, on_stored=on_stored):
             await self.finalize_if_complete(request_id)
-        return ingested
 
     async def _fail(self, request: Request, error: str) -> None:
         now = utcnow()

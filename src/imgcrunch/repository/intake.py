@@ -210,16 +210,18 @@ async def ingest_chunk(
     await _insert_chunked(session, Image, new_firsts)
     id_of_url = dict(earlier)
     if new_firsts:
+        # By the range of the chunk's products alone, on their index: asked by request too,
+        # SQLite read every image of the request stored so far, for every chunk. (Another
+        # request's products may have ids in the range: their images are left out here.)
         ids = await session.execute(
-            select(Image.source_url, Image.id).where(
-                Image.request_id == request_id,
-                Image.product_id >= product_ids[0],
-                Image.duplicate_of.is_(None),
+            select(Image.source_url, Image.id, Image.request_id).where(
+                Image.product_id.between(product_ids[0], product_ids[-1])
             )
         )
-        for url, image_id in ids:
-            id_of_url[url] = image_id
-            firsts.add(url, image_id)
+        for url, image_id, owner in ids:
+            if owner == request_id:
+                id_of_url[url] = image_id
+                firsts.add(url, image_id)
     await _insert_chunked(
         session,
         Image,
