@@ -28,6 +28,7 @@ from celery import Celery, Task, signals
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from imgcrunch.codec_pool import WORKER_NICENESS
 from imgcrunch.config import Settings
 from imgcrunch.faults import InfrastructureFault
 from imgcrunch.runtime import Runtime, open_runtime, open_sessions
@@ -168,6 +169,9 @@ def worker_runtime() -> WorkerRuntime:
         if _worker_runtime is None or _worker_runtime.pid != os.getpid():
             settings = _current_settings()
             threads = _codec_threads or settings.cpu_workers
+            # Its codec threads yield the CPU to the API and the database where they share
+            # a machine, as embedded mode's codec processes yield it to the server.
+            os.nice(WORKER_NICENESS)
             _worker_runtime = WorkerRuntime(settings, codec_threads=threads)
             atexit.register(_close_runtime)
             log.info("process %d runs the pipeline with %d codec threads", os.getpid(), threads)

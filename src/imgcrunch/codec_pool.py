@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 ATTEMPTS = 3  # runs of one call that may end with its worker process dead
 ORPHAN_CHECK_SECONDS = 1.0
+# Compression yields the CPU to the server it works for: with every core compressing, the API
+# (status, uploads) and an ingest still get a core at once. Idle, it costs the codec nothing.
+WORKER_NICENESS = 10
 
 
 class CodecCrashed(Exception):
@@ -138,6 +141,7 @@ def _start_worker() -> None:
         target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
     ).start()
     codec.configure(concurrency=1)
+    os.nice(WORKER_NICENESS)
 
 
 def _exit_when_orphaned(parent: int) -> None:
