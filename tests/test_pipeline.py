@@ -153,9 +153,11 @@ async def test_the_request_that_waited_longest_is_served_first(
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows stored two images at a time, so that a few rows make several chunks."""
+    """Rows stored two images at a time, so that a few rows make several chunks; and the
+    output CSV written two products at a time."""
     monkeypatch.setattr(pipeline_module, "_FIRST_CHUNK_IMAGES", 2)
     monkeypatch.setattr(pipeline_module, "_CHUNK_IMAGES", 2)
+    monkeypatch.setattr(pipeline_module, "_OUTPUT_ROWS", 2)
 
 
 @pytest.mark.usefixtures("small_chunks")
