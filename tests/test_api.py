@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import sqlite3
 import uuid
 from typing import Any
@@ -320,6 +321,24 @@ def test_limits_answer_413(make_service: ServiceFactory) -> None:
     too_big = service.upload("S. No,Product Name,Input Image Urls\n" + "1,P," + "x" * 300)
     assert too_big.status_code == 413
     assert too_big.json()["error"]["code"] == "file_too_large"
+
+
+def test_an_upload_declared_too_large_is_refused_before_its_body_is_read(
+    make_service: ServiceFactory,
+) -> None:
+    service = make_service(MAX_CSV_BYTES="1000")
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as connection:
+        # Ten gigabytes declared, none sent: the answer comes at once, nothing spooled.
+        connection.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 10000000000\r\n\r\n"
+        )
+        answer = connection.makefile("rb").read().decode()
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413")
+    error = json.loads(body)["error"]
+    assert error["code"] == "file_too_large"
+    assert "1,000 byte limit (IMGCRUNCH_MAX_CSV_BYTES)" in error["message"]
 
 
 def test_past_the_queue_cap_uploads_answer_429_with_retry_after(

@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (upload, requests, manage, webhooks, images, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
-    app.add_middleware(_IgnoreTrailingSlash)
+    app.add_middleware(_RefuseOversizedUploads, limit=settings.max_csv_bytes)
+    app.add_middleware(_IgnoreTrailingSlash)  # outermost: the path is plain for the others
     _openapi_as_served(app, keys=bool(settings.api_keys))
     return app
 
@@ -85,3 +86,39 @@ class _IgnoreTrailingSlash:
         if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
             scope = dict(scope, path=scope["path"].rstrip("/") or "/")
         await self.app(scope, receive, send)
+
+
+class _RefuseOversizedUploads:
+    """A `POST /upload` whose declared length is past the CSV limit answers 413 before its body
+    is read: the form's parser would otherwise spool all of it to disk first, however big.
+    (A body sent without a length is spooled, then refused by the route.)"""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/upload"
+            and _declared_length(scope) > self.limit + upload.FORM_ALLOWANCE
+        ):
+            refusal = upload.file_too_large(self.limit)
+            response = errors.error_response(
+                refusal.status,
+                refusal.code,
+                refusal.message,
+                refusal.details,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0

@@ -213,12 +213,20 @@ def _bad_webhook_url(reason: str) -> ApiError:
 async def _refuse_too_large(file: UploadFile, limit: int) -> None:
     size = file.size if file.size is not None else await asyncio.to_thread(_size_of, file.file)
     if size > limit:
-        raise ApiError(
-            413,
-            "file_too_large",
-            f"the CSV is over the {limit:,} byte limit (IMGCRUNCH_MAX_CSV_BYTES)",
-            [{"field": "file", "reason": f"larger than {limit:,} bytes"}],
-        )
+        raise file_too_large(limit)
+
+
+def file_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "file_too_large",
+        f"the CSV is over the {limit:,} byte limit (IMGCRUNCH_MAX_CSV_BYTES)",
+        [{"field": "file", "reason": f"larger than {limit:,} bytes"}],
+    )
+
+
+# What a form holds beside its CSV: the other fields and the multipart framing, generously.
+FORM_ALLOWANCE = 1024 * 1024
 
 
 def _size_of(file: BinaryIO) -> int:
