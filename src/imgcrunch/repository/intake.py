@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     func,
     insert,
     select,
@@ -156,18 +157,16 @@ async def ingest_chunk(
     count, or racing another, stores each row once. `last`: the request's last rows, which
     mark it stored (`ingested_at`); `stored_images`: its images stored before this chunk.
     """
-    claimed = await session.execute(
-        update(Request)
-        .where(
-            Request.id == request_id,
-            Request.ingested_at.is_(None),
-            Request.ingested_rows == start,
-            Request.status.in_(ACTIVE_STATUSES),
-        )
-        .values(ingested_rows=start + len(rows), ingested_at=now if last else None, updated_at=now)
-        .execution_options(synchronize_session=False)
+    claimed = await _rows_stored(
+        session,
+        request_id,
+        Request.ingested_rows == start,
+        Request.status.in_(ACTIVE_STATUSES),
+        ingested_rows=start + len(rows),
+        ingested_at=now if last else None,
+        updated_at=now,
     )
-    if rowcount(claimed) != 1:
+    if not claimed:
         return None
     # Plain executemany, then one query for the ids: RETURNING row by row is ~30x slower on SQLite.
     await _insert_chunked(
@@ -263,14 +262,23 @@ async def finish_ingest(
 ) -> bool:
     """Mark every row of the request stored, once `rows` are; False if another did. (Its last
     images may be finished, and the request with them, before this.)"""
+    return await _rows_stored(
+        session, request_id, Request.ingested_rows == rows, ingested_at=now, updated_at=now
+    )
+
+
+async def _rows_stored(
+    session: AsyncSession,
+    request_id: uuid.UUID,
+    *conditions: ColumnElement[bool],
+    **values: Any,
+) -> bool:
+    """Move the count of a request's rows stored on, if they are not all stored and the
+    `conditions` hold: the one guard by which each row is stored once."""
     result = await session.execute(
         update(Request)
-        .where(
-            Request.id == request_id,
-            Request.ingested_at.is_(None),
-            Request.ingested_rows == rows,
-        )
-        .values(ingested_at=now, updated_at=now)
+        .where(Request.id == request_id, Request.ingested_at.is_(None), *conditions)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return rowcount(result) == 1
