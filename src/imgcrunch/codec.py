@@ -25,10 +25,12 @@ from typing import Any
 import pyvips
 
 from imgcrunch import jpegfile
-from imgcrunch.imaging import formats, jpeg, sizing
+from imgcrunch.imaging import bytecap, conform, findings, formats, jpeg, sizing
 from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.imaging.effort import Effort
+from imgcrunch.imaging.findings import Finding
 from imgcrunch.imaging.formats import Format
+from imgcrunch.imaging.profiles import WHITE, Profile
 from imgcrunch.imaging.variants import DEFAULT, Fit, Variant
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Compressed",
     "Effort",
     "EncoderError",
+    "Finding",
     "compress",
     "configure",
     "make_variants",
@@ -103,6 +106,8 @@ class CodecOptions:
     max_pixels: int = 50_000_000
     background: tuple[int, int, int] = (255, 255, 255)
     variants: tuple[Variant, ...] = DEFAULT
+    # A marketplace's rules for the first variant (profiles.Profile), which it then makes.
+    profile: Profile | None = None
 
     def __post_init__(self) -> None:
         # A bad option is the caller's bug, not the image's: fail loudly, not as a CodecError.
@@ -126,6 +131,9 @@ class Compressed:
     # The input JPEG's own picture, without its metadata: re-encoding would not have been smaller.
     kept_original: bool = False
     extension: str = jpeg.EXTENSION
+    quality: int | None = None  # what it was encoded at: under the asked one to meet a cap
+    # What the profile's rules found that could not be fixed (the first variant's only).
+    findings: tuple[Finding, ...] = ()
 
 
 class EncoderError(Exception):
@@ -194,6 +202,8 @@ def spec_digest(options: CodecOptions) -> str:
         "background": list(options.background),
         "variants": variant_specs.to_json(options.variants),
     }
+    if options.profile is not None:  # a key only where given: digests made before stay
+        described["profile"] = repr(options.profile)  # its rules, each figure
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
@@ -305,12 +315,21 @@ def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     _check_loader(header.loader)
     _check_pixels(header, options.max_pixels)
     plans = [_plan(header, variant) for variant in options.variants]
-    base = _flatten(_to_srgb8(_decode(data, image, header, plans), header), options.background)
-    if len(plans) == 1:
+    if options.profile is not None:
+        plans[0] = _plan_profiled(header, plans[0].variant, options.profile)
+    decoded = _to_srgb8(_decode(data, image, header, plans), header)
+    base = _flatten(decoded, options.background)
+    if options.profile is None and len(plans) == 1:
         resized = _resized(base, plans[0].stored_size(header))
         return (_encode(data, resized, header, plans[0], options),)
     # Decoded once for all; a pixel error surfaces here, as the image's, not a variant's.
-    return _cascade(data, base.copy_memory(), header, plans, options)
+    base = base.copy_memory()
+    if options.profile is None:
+        return _cascade(data, base, header, plans, options)
+    # Flattened onto white, as every marketplace asks, whatever the other variants' background.
+    white = base if options.background == WHITE else _flatten(decoded, WHITE).copy_memory()
+    first = _profiled(data, white, header, plans[0], options.profile, options)
+    return (first, *(_cascade(data, base, header, plans[1:], options) if plans[1:] else ()))
 
 
 def _cascade(
@@ -353,6 +372,65 @@ def _plan(header: _Header, variant: Variant) -> _Planned:
     return _Planned(variant, *fitted)
 
 
+def _plan_profiled(header: _Header, variant: Variant, profile: Profile) -> _Planned:
+    """What the profile's variant needs decoded: the picture within the profile's maximums,
+    or whole where the product may be cropped out of it (a crop needs the full detail)."""
+    width, height = header.upright_size
+    if profile.min_fill is not None:
+        return _Planned(variant, width, height)
+    scale = profile.cap_scale(width, height)
+    if scale >= 1.0:
+        return _Planned(variant, width, height)
+    return _Planned(variant, max(1, int(width * scale)), max(1, int(height * scale)))
+
+
+def _profiled(
+    data: bytes, base: Any, header: _Header, plan: _Planned, profile: Profile, options: CodecOptions
+) -> Compressed:
+    """The marketplace's image: made to its rules, encoded under its cap, and what could not
+    be fixed, found."""
+    variant = plan.variant
+    upright = base.autorot() if header.orientation != 1 else base
+    made = conform.conform(upright, profile)
+    caps = [cap for cap in (variant.max_bytes, profile.max_bytes) if cap is not None]
+    capped = replace(variant, max_bytes=min(caps)) if caps else variant
+    try:
+        encoded, quality, image = _saved(made.image, header, capped, options)
+    except pyvips.Error as error:
+        raise EncoderError(f"{variant.name}: {_detail(error)}") from error
+    width, height = image.width, image.height
+    found = [*made.findings, *findings.size_findings(profile, width, height)]
+    unchanged = not made.changed and image is made.image and header.orientation == 1
+    if unchanged and _may_keep(header, variant, (width, height)):
+        original = jpegfile.without_metadata(data, at_most=len(encoded))
+        if original is not None:
+            return Compressed(original, width, height, kept_original=True, findings=tuple(found))
+    return Compressed(
+        encoded,
+        width,
+        height,
+        extension=variant.extension,
+        quality=quality,
+        findings=tuple(found),
+    )
+
+
+def _saved(
+    image: Any, header: _Header, variant: Variant, options: CodecOptions
+) -> tuple[bytes, int, Any]:
+    """The picture encoded as the variant asks, and the quality and picture it took: under a
+    byte cap, the highest quality that fits, and where none does, a smaller picture."""
+    quality = variant.quality or options.quality
+    encoder = formats.encoder(variant.format, variant.effort or options.effort)
+    grey = header.bands < 3
+    if variant.max_bytes is None:
+        return encoder.save(image, quality, grey=grey), quality, image
+    fitted = bytecap.encode_within(
+        lambda picture, q: encoder.save(picture, q, grey=grey), image, quality, variant.max_bytes
+    )
+    return fitted.data, fitted.quality, fitted.image
+
+
 def _decode(data: bytes, image: Any, header: _Header, plans: list[_Planned]) -> Any:
     """The picture at the smallest scale that still serves the largest variant: JPEG and WebP
     scale while they decode, which skips most of the work for a thumbnail."""
@@ -389,15 +467,13 @@ def _encode(
             extend="background",
             background=list(options.background),
         )
-    quality = variant.quality or options.quality
-    encoder = formats.encoder(variant.format, variant.effort or options.effort)
-    encoded = encoder.save(image, quality, grey=header.bands < 3)
-    width, height = image.width, image.height
-    if _may_keep(header, variant, (width, height)):
+    encoded, quality, picture = _saved(image, header, variant, options)
+    width, height = picture.width, picture.height
+    if picture is image and _may_keep(header, variant, (width, height)):
         original = jpegfile.without_metadata(data, at_most=len(encoded))
         if original is not None:
             return Compressed(original, width, height, kept_original=True)
-    return Compressed(encoded, width, height, extension=variant.extension)
+    return Compressed(encoded, width, height, extension=variant.extension, quality=quality)
 
 
 def _resized(image: Any, size: tuple[int, int], *, gap: float = _GAP) -> Any:

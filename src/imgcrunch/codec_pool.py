@@ -56,6 +56,8 @@ class Output:
     width: int
     height: int
     kept_original: bool
+    quality: int | None = None  # what it was encoded at; None: the original, kept
+    findings: tuple[codec.Finding, ...] = ()  # the profile's, on the first variant
     data: bytes | None = None
 
 
@@ -90,6 +92,8 @@ def encode_and_store(
                 width=compressed.width,
                 height=compressed.height,
                 kept_original=compressed.kept_original,
+                quality=compressed.quality,
+                findings=compressed.findings,
                 data=None if storage is not None else compressed.data,
             )
         )

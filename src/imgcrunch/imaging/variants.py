@@ -5,10 +5,10 @@ checking their spec, in text or JSON; no I/O.
 
 A name, `=`, then colon-separated parts in any order: a box (`N` bounds both sides, `Wx`
 the width, `xH` the height, `WxH` both), a fit (`inside`, the default, or `pad`), a format
-(`jpeg`, the default, `webp` or `avif`), a quality `qN` and an effort (`balanced` or `max`);
-the request's quality and effort where none is given. The JSON form is a list of objects
-with the keys `name`, `width`, `height`, `fit`, `format`, `quality` and `effort` (or one
-such object alone).
+(`jpeg`, the default, `webp` or `avif`), a quality `qN`, an effort (`balanced` or `max`) and
+a byte cap (`150kb`, `2mb`, `80000b`: decimal units); the request's quality and effort where
+none is given. The JSON form is a list of objects with the keys `name`, `width`, `height`,
+`fit`, `format`, `quality`, `effort` and `max_bytes` (or one such object alone).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from imgcrunch.imaging import formats
+from imgcrunch.imaging import bytecap, formats
 from imgcrunch.imaging.effort import Effort
 from imgcrunch.imaging.formats import Format
 
@@ -28,9 +28,9 @@ MAX_VARIANTS = 8
 MAX_SPEC_LENGTH = 1000
 _PART = (
     r"(?:[1-9][0-9]{0,4}(?:x(?:[1-9][0-9]{0,4})?)?|x[1-9][0-9]{0,4}|inside|pad|jpeg|webp|avif"
-    r"|q(?:100|[1-9][0-9]?)|balanced|max)"
+    r"|q(?:100|[1-9][0-9]?)|balanced|max|[1-9][0-9]{0,9}(?:b|kb|mb))"
 )
-_VARIANT = rf"[a-z][a-z0-9_-]{{0,31}}={_PART}(?::{_PART}){{0,5}}"
+_VARIANT = rf"[a-z][a-z0-9_-]{{0,31}}={_PART}(?::{_PART}){{0,6}}"
 # The text form's syntax, for the OpenAPI document: what the parser reads (in lower case; it
 # also takes upper case and more spaces), or a JSON form. The rules a pattern cannot state
 # (names given twice, a box over the pixel limit, `pad` without both sides) are the parser's.
@@ -38,6 +38,8 @@ PATTERN = rf"^(?:{_VARIANT}(?:, ?{_VARIANT}){{0,{MAX_VARIANTS - 1}}}|[\[{{].*)$"
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _BOX = re.compile(r"(?P<width>\d+)?(?P<x>x)?(?P<height>\d+)?")
 _QUALITY = re.compile(r"q(?P<quality>\d+)")
+_BYTES = re.compile(r"(?P<count>\d+)(?P<unit>b|kb|mb)")
+_UNITS = {"b": 1, "kb": 1000, "mb": 1_000_000}
 # Their columns (Input Image Urls, Output Image Urls) are the output CSV's own.
 _TAKEN_NAMES = frozenset({"input", "output"})
 
@@ -65,6 +67,7 @@ class Variant:
     format: Format = Format.JPEG
     quality: int | None = None  # None: the request's
     effort: Effort | None = None
+    max_bytes: int | None = None  # its file at most this: quality lowered, then size, to fit
 
     @property
     def column(self) -> str:
@@ -83,6 +86,8 @@ class Variant:
             parts.append(f"q{self.quality}")
         if self.effort is not None:
             parts.append(self.effort.value)
+        if self.max_bytes is not None:
+            parts.append(_bytes_text(self.max_bytes))
         return f"{self.name}={':'.join(parts)}"
 
     @property
@@ -90,7 +95,7 @@ class Variant:
         return self.width is not None or self.height is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        stored = {
             "name": self.name,
             "width": self.width,
             "height": self.height,
@@ -99,6 +104,10 @@ class Variant:
             "quality": self.quality,
             "effort": self.effort.value if self.effort else None,
         }
+        # Only where given: the variants stored before byte caps stay what they were.
+        if self.max_bytes is not None:
+            stored["max_bytes"] = self.max_bytes
+        return stored
 
 
 # No variants given: what imgcrunch has always made, one JPEG at the original size.
@@ -117,6 +126,12 @@ def parse(text: str | None, *, max_pixels: int) -> tuple[Variant, ...]:
     else:
         variants = [_from_text(part.strip(), max_pixels) for part in text.split(",")]
     return _checked(variants)
+
+
+def led_by(first: Variant, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+    """`first` (a marketplace profile's), then `variants` (none for the default one).
+    Raises VariantsError, as `parse` does, for names given twice or too many variants."""
+    return _checked([first, *(() if variants == DEFAULT else variants)])
 
 
 def from_json(stored: Iterable[dict[str, Any]] | None) -> tuple[Variant, ...]:
@@ -175,6 +190,8 @@ def _read_piece(piece: str, part: str) -> tuple[str, Any]:
         return "effort", Effort(piece)
     if quality := _QUALITY.fullmatch(piece):
         return "quality", int(quality["quality"])
+    if count := _BYTES.fullmatch(piece):
+        return "max_bytes", int(count["count"]) * _UNITS[count["unit"]]
     box = _BOX.fullmatch(piece)
     if box and (box["width"] or box["height"]) and (box["x"] or not box["height"]):
         width = int(box["width"]) if box["width"] else None
@@ -185,7 +202,8 @@ def _read_piece(piece: str, part: str) -> tuple[str, Any]:
     raise VariantsError(
         part,
         f"{piece!r} is none of a box (800, 800x600, 800x, x600), a fit (inside, pad), "
-        f"a format (jpeg, webp, avif), a quality (q1..q100) or an effort (balanced, max)",
+        f"a format (jpeg, webp, avif), a quality (q1..q100), an effort (balanced, max) "
+        f"or a byte cap (150kb, 2mb)",
     )
 
 
@@ -208,7 +226,7 @@ def _from_json(text: str, *, max_pixels: int) -> list[Variant]:
     return variants
 
 
-_KEYS = frozenset({"name", "width", "height", "fit", "format", "quality", "effort"})
+_KEYS = frozenset({"name", "width", "height", "fit", "format", "quality", "effort", "max_bytes"})
 
 
 def _variant_from_object(item: dict[str, Any], label: str, *, max_pixels: int | None) -> Variant:
@@ -228,7 +246,7 @@ def _variant_from_object(item: dict[str, Any], label: str, *, max_pixels: int | 
             known = ", ".join(kind.__members__.values())
             raise VariantsError(label, f"{key} {value!r} is unknown; one of {known}")
         fields[key] = kind(value)
-    for key in ("width", "height", "quality"):
+    for key in ("width", "height", "quality", "max_bytes"):
         value = item.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise VariantsError(label, f"{key} must be a whole number, not {value!r}")
@@ -237,6 +255,7 @@ def _variant_from_object(item: dict[str, Any], label: str, *, max_pixels: int | 
         width=item.get("width"),
         height=item.get("height"),
         quality=item.get("quality"),
+        max_bytes=item.get("max_bytes"),
         max_pixels=max_pixels,
         part=label,
         **fields,
@@ -263,6 +282,7 @@ def _variant(
     format: Format = Format.JPEG,
     quality: int | None = None,
     effort: Effort | None = None,
+    max_bytes: int | None = None,
 ) -> Variant:
     for side in (width, height):
         if side is not None and side < 1:
@@ -283,6 +303,11 @@ def _variant(
         raise VariantsError(part, "pad makes exactly the box, so it needs both sides (WxH, or N)")
     if quality is not None and not 1 <= quality <= 100:
         raise VariantsError(part, f"quality {quality} is not within 1..100")
+    if max_bytes is not None and max_bytes < bytecap.MIN_BYTES:
+        raise VariantsError(
+            part,
+            f"a cap of {max_bytes} bytes is under the least any image takes, {bytecap.MIN_BYTES}",
+        )
     return Variant(
         name=name,
         width=width,
@@ -291,7 +316,15 @@ def _variant(
         format=format,
         quality=quality,
         effort=effort,
+        max_bytes=max_bytes,
     )
+
+
+def _bytes_text(count: int) -> str:
+    for unit in ("mb", "kb"):
+        if count % _UNITS[unit] == 0:
+            return f"{count // _UNITS[unit]}{unit}"
+    return f"{count}b"
 
 
 def _box_text(width: int | None, height: int | None) -> str:
