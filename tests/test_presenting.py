@@ -96,6 +96,8 @@ def test_a_summary_links_status_and_output_only_once_there_is_one() -> None:
         "kept_original": 5,
         "reused": 12,
         "percent": 40.0,
+        "compliant": None,
+        "non_compliant": None,
     }
     done = presenting.summary(request(status="completed", output_key="csv/o.csv"), URLS, [])
     assert done.output_csv_url == f"https://crunch.example.com/download/{REQUEST}"
@@ -117,6 +119,8 @@ def image_row(**changes: Any) -> repository.ImageRow:
         "error_message": None,
         "variants": None,
         "reuse": None,
+        "quality": 50,
+        "findings": None,
     }
     return repository.ImageRow(**(fields | changes))
 

@@ -70,6 +70,12 @@ _REFRESH_HELP = (
     "make every image again; by default, an image unchanged since your last request with the "
     "same options is reused, at the same URL"
 )
+# imaging.profiles' names, spelt out: the client commands do not load pyvips.
+PROFILE_NAMES = ("amazon", "walmart", "google", "ebay")
+_PROFILE_HELP = (
+    "make the first variant (Output Image Urls) to a marketplace's image rules, and report "
+    "what cannot be; see the README's Marketplace profiles section"
+)
 _VARIANTS_HELP = (
     "what to make of each image, e.g. 'zoom=2000:jpeg, listing=800:avif, "
     "thumb=200x200:pad:webp' (default IMGCRUNCH_VARIANTS: one JPEG at the original size); "
@@ -89,6 +95,7 @@ def _add_client_commands(commands: Any) -> None:
     process.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     process.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
     process.add_argument("--variants", help=_VARIANTS_HELP)
+    process.add_argument("--profile", choices=PROFILE_NAMES, help=_PROFILE_HELP)
     process.add_argument(
         "--refresh",
         action="store_true",
@@ -120,6 +127,7 @@ def _add_client_commands(commands: Any) -> None:
     submit.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100")
     submit.add_argument("--effort", choices=_EFFORTS, help=_EFFORT_HELP)
     submit.add_argument("--variants", help=_VARIANTS_HELP)
+    submit.add_argument("--profile", choices=PROFILE_NAMES, help=_PROFILE_HELP)
     submit.add_argument("--refresh", action="store_true", help=_REFRESH_HELP)
     status = commands.add_parser("status", parents=[server], help="a request's status, as JSON")
     status.add_argument("request_id")
@@ -144,6 +152,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             quality=args.quality,
             effort=effort,
             variants=args.variants,
+            profile=args.profile,
             refresh=args.refresh,
         )
         return local_run.process(run, settings, console)
@@ -158,6 +167,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             quality=args.quality,
             effort=args.effort,
             variants=args.variants,
+            profile=args.profile,
             refresh=args.refresh,
             wait=args.wait,
             console=console,

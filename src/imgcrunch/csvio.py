@@ -136,10 +136,14 @@ class OutputRow:
     changed: Sequence[str] = ()
     # Per variant after the first, its URLs as output_urls are: same length, None where failed.
     variant_urls: Sequence[Sequence[str | None]] = ()
+    # With a marketplace profile: "compliant", or "not compliant: " and what was found, per
+    # image. None: the request has no profile, and the CSV no such column.
+    compliance: str | None = None
 
 
 OUTPUT_HEADER: tuple[str, ...] = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
 _FIGURES_HEADER = ("Bytes In", "Bytes Out", "Errors", "Kept Originals", "Changed Images")
+COMPLIANCE_HEADER = "Compliance"  # last, where the request has a marketplace profile
 
 # ---------------------------------------------------------------------------------------------
 # Reading text out of bytes
@@ -609,20 +613,25 @@ def write_output(
     rows: Iterable[OutputRow],
     *,
     variant_columns: Sequence[str] = (),
+    compliance: bool = False,
 ) -> bytes:
     """The output CSV: UTF-8 without BOM, CRLF line ends (RFC 4180). `variant_columns` name
-    the URL columns of the variants after the first, which follow `Output Image Urls`.
+    the URL columns of the variants after the first, which follow `Output Image Urls`;
+    `compliance`: the request has a marketplace profile, so its rows say how they comply.
 
     Raises ValueError for a row whose lists do not match (a bug in the caller).
     """
-    return output_header(extra_columns, variant_columns=variant_columns) + output_rows(
-        extra_columns, rows, variant_columns=variant_columns
-    )
+    return output_header(
+        extra_columns, variant_columns=variant_columns, compliance=compliance
+    ) + output_rows(extra_columns, rows, variant_columns=variant_columns, compliance=compliance)
 
 
-def output_header(extra_columns: Sequence[str], *, variant_columns: Sequence[str] = ()) -> bytes:
+def output_header(
+    extra_columns: Sequence[str], *, variant_columns: Sequence[str] = (), compliance: bool = False
+) -> bytes:
     """The output CSV's first line; `output_rows` gives the rest, a piece at a time."""
-    return _csv_lines([[*OUTPUT_HEADER, *variant_columns, *extra_columns, *_FIGURES_HEADER]])
+    last = [COMPLIANCE_HEADER] if compliance else []
+    return _csv_lines([[*OUTPUT_HEADER, *variant_columns, *extra_columns, *_FIGURES_HEADER, *last]])
 
 
 def output_rows(
@@ -630,10 +639,13 @@ def output_rows(
     rows: Iterable[OutputRow],
     *,
     variant_columns: Sequence[str] = (),
+    compliance: bool = False,
 ) -> bytes:
     """Lines of the output CSV, as `write_output` writes them after its header."""
     extra_width, variant_width = len(extra_columns), len(variant_columns)
-    return _csv_lines(_output_cells(row, extra_width, variant_width) for row in rows)
+    return _csv_lines(
+        _output_cells(row, extra_width, variant_width, compliance=compliance) for row in rows
+    )
 
 
 def _csv_lines(cells: Iterable[list[str]]) -> bytes:
@@ -642,7 +654,9 @@ def _csv_lines(cells: Iterable[list[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _output_cells(row: OutputRow, extra_width: int, variant_width: int) -> list[str]:
+def _output_cells(
+    row: OutputRow, extra_width: int, variant_width: int, *, compliance: bool
+) -> list[str]:
     for urls in (row.output_urls, *row.variant_urls):
         if len(urls) != len(row.input_urls):
             raise ValueError(
@@ -657,6 +671,9 @@ def _output_cells(row: OutputRow, extra_width: int, variant_width: int) -> list[
         raise ValueError(
             f"row {row.serial!r}: {len(row.extra)} extra values for {extra_width} extra columns"
         )
+    if compliance and row.compliance is None:
+        raise ValueError(f"row {row.serial!r}: no compliance for the Compliance column")
+    last = [row.compliance or ""] if compliance else []
     return [
         row.serial,
         row.name,
@@ -669,6 +686,7 @@ def _output_cells(row: OutputRow, extra_width: int, variant_width: int) -> list[
         "; ".join(row.errors),
         ",".join(row.kept_originals),
         ",".join(row.changed),
+        *last,
     ]
 
 

@@ -22,7 +22,7 @@ from imgcrunch.config import Settings
 from imgcrunch.db import SessionFactory, migrate
 from imgcrunch.dispatch import InlineDispatcher, WebhookNudge
 from imgcrunch.exit_codes import OK, SOME_FAILED, UNUSABLE
-from imgcrunch.imaging import Variant, VariantsError
+from imgcrunch.imaging import Variant, VariantsError, profiles
 from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.models import ACTIVE_STATUSES, RequestStatus
 from imgcrunch.pipeline import accept
@@ -40,6 +40,7 @@ class LocalRun:
     quality: int | None = None
     effort: Effort | None = None
     variants: str | None = None  # the upload's syntax; None: IMGCRUNCH_VARIANTS
+    profile: str | None = None  # a marketplace's, imaging.profiles'
     refresh: bool = False  # ignore what earlier runs in the same folder made
 
 
@@ -90,8 +91,12 @@ def _process_file(run: LocalRun, base: Settings, csv_file: BinaryIO, console: Co
 
 def _variants(run: LocalRun, settings: Settings) -> tuple[Variant, ...]:
     if run.variants is None or not run.variants.strip():
-        return default_variants(settings)
-    return variant_specs.parse(run.variants, max_pixels=settings.max_pixels)
+        made = default_variants(settings)
+    else:
+        made = variant_specs.parse(run.variants, max_pixels=settings.max_pixels)
+    if run.profile is None:
+        return made
+    return variant_specs.led_by(profiles.get(run.profile).variant(), made)
 
 
 async def _process(
@@ -121,6 +126,7 @@ async def _process(
                 effort=run.effort or Effort(settings.jpeg_effort),
                 variants=variants,
                 refresh=run.refresh,
+                profile=run.profile,
             )
         dispatcher = InlineDispatcher.for_settings(
             runtime.pipeline, runtime.deliverer, sessions, settings, nudge
@@ -184,6 +190,7 @@ async def _follow(
                 bytes_in=request.bytes_in,
                 bytes_out=request.bytes_out,
                 reused=request.reused_images,
+                non_compliant=request.noncompliant_images if request.profile else None,
             )
             bar.show(snapshot)
             if request.status not in ACTIVE_STATUSES:

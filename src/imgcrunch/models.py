@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -87,6 +88,8 @@ class Request(Base):
     # What is made of each image, as imaging.variants.to_json gives it; None: the default, one
     # JPEG at the original size.
     variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The marketplace whose rules make the first variant (imaging.profiles); None: no rules.
+    profile: Mapped[str | None] = mapped_column(String(32))
     extra_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
     total_images: Mapped[int] = mapped_column(Integer)
     done_images: Mapped[int] = mapped_column(Integer, default=0)
@@ -110,6 +113,8 @@ class Request(Base):
     refresh: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # Of the done images, those whose outputs were reused from the owner's source cache.
     reused_images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Of the done images, those with findings: rules of the profile they could not be made to meet.
+    noncompliant_images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Its rows are stored from the kept CSV a chunk at a time, each chunk with this count in one
@@ -132,7 +137,13 @@ class Request(Base):
             "kept_original": self.kept_images,
             "reused": self.reused_images,
             "percent": round(percent, 1),
-        }
+        } | self._compliance()
+
+    def _compliance(self) -> dict[str, int]:
+        if self.profile is None:
+            return {}
+        noncompliant = self.noncompliant_images or 0
+        return {"compliant": self.done_images - noncompliant, "non_compliant": noncompliant}
 
 
 class Product(Base):
@@ -180,11 +191,18 @@ class Image(Base):
     # Done by keeping the input's own bytes, without metadata: the output would not be smaller.
     kept_original: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # The outputs of the request's variants after the first (whose output is in the columns
-    # above), in order: {"key", "bytes", "width", "height", "kept"}. None without variants.
+    # above), in order: {"key", "bytes", "width", "height", "kept", "quality"}. None without
+    # variants.
     variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # How the owner's source cache served it (a `Reuse`); None before re-runs, and for
     # images that failed.
     reuse: Mapped[str | None] = mapped_column(String(16))
+    # What the request's profile found it could not fix, imaging.findings.Finding.to_json's;
+    # None where it found nothing, or the request has no profile.
+    findings: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    # The quality the first variant was encoded at (under the asked one to meet a byte cap);
+    # None where the original was kept. The other variants' are in `variants`.
+    quality: Mapped[int | None] = mapped_column(SmallInteger)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

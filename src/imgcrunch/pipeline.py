@@ -27,6 +27,7 @@ from imgcrunch.faults import (
 )
 from imgcrunch.fetcher import Fetched, Fetcher, Validators
 from imgcrunch.http_errors import FetchError
+from imgcrunch.imaging import profiles
 from imgcrunch.imaging import variants as variant_specs
 from imgcrunch.models import ACTIVE_STATUSES, Request, RequestStatus, Reuse, utcnow
 from imgcrunch.public_urls import PublicUrls
@@ -51,6 +52,7 @@ async def accept(
     webhook_url: str | None = None,
     owner: str | None = None,
     refresh: bool = False,
+    profile: str | None = None,
 ) -> uuid.UUID:
     """Keep an input CSV that `csvio.check` accepted (streamed to the storage) and record its
     request, queued. Its rows are stored later, by `Pipeline.ingest` from the kept file, so a
@@ -75,6 +77,7 @@ async def accept(
                 owner=owner,
                 variants=variant_specs.to_json(variants),
                 refresh=refresh,
+                profile=profile,
             ),
         )
     return request_id
@@ -403,6 +406,7 @@ class Pipeline:
                 max_pixels=self.options.max_pixels,
                 background=self.options.background,
                 variants=variant_specs.from_json(batch.variants),
+                profile=profiles.get(batch.profile) if batch.profile else None,
             )
             cache = _CacheKey(repository.owner_key(batch.owner), codec.spec_digest(codec_options))
             cached = await self._cached(batch, cache, claimed)
@@ -531,6 +535,8 @@ class Pipeline:
             height=first.height,
             kept_original=first.kept_original,
             variants=[_variant_output(output) for output in others] or None,
+            quality=first.quality,
+            findings=[finding.to_json() for finding in first.findings] or None,
             reuse=None if batch.scope is None else _why_made(batch, cached),
         )
         if batch.scope is None:
@@ -637,19 +643,44 @@ class Pipeline:
     ) -> None:
         """The request's output CSV into `output`, a thousand products at a time: a catalog of
         a million images is never in memory whole."""
-        columns = [variant.column for variant in later_variants]
-        header = csvio.output_header(request.extra_columns, variant_columns=columns)
-        await asyncio.to_thread(output.write, header)
+        layout = _Layout(
+            request.extra_columns,
+            [variant.column for variant in later_variants],
+            compliance=request.profile is not None,
+        )
+        await asyncio.to_thread(output.write, layout.header())
         rows: list[csvio.OutputRow] = []
         async for product in repository.product_outcomes(session, request.id):
-            rows.append(_output_row(product, self._urls.stored, variants=len(columns)))
+            rows.append(_output_row(product, self._urls.stored, layout))
             if len(rows) == _OUTPUT_ROWS:
-                await asyncio.to_thread(_write_rows, output, request.extra_columns, rows, columns)
+                await asyncio.to_thread(_write_rows, output, layout, rows)
                 rows = []
-        await asyncio.to_thread(_write_rows, output, request.extra_columns, rows, columns)
+        await asyncio.to_thread(_write_rows, output, layout, rows)
 
 
 _OUTPUT_ROWS = 1000  # products written to the output CSV at a time
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The output CSV's columns beyond the fixed ones."""
+
+    extra_columns: Sequence[str]
+    variant_columns: Sequence[str]  # of the variants after the first
+    compliance: bool  # the request has a marketplace profile
+
+    def header(self) -> bytes:
+        return csvio.output_header(
+            self.extra_columns, variant_columns=self.variant_columns, compliance=self.compliance
+        )
+
+    def rows(self, rows: list[csvio.OutputRow]) -> bytes:
+        return csvio.output_rows(
+            self.extra_columns,
+            rows,
+            variant_columns=self.variant_columns,
+            compliance=self.compliance,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,6 +746,7 @@ def _variant_output(output: Output) -> dict[str, Any]:
         "width": output.width,
         "height": output.height,
         "kept": output.kept_original,
+        "quality": output.quality,
     }
 
 
@@ -761,10 +793,8 @@ def _unexpected(request_id: uuid.UUID, image: ClaimedImage, error: Exception) ->
     )
 
 
-def _write_rows(
-    output: BinaryIO, extra_columns: Sequence[str], rows: list[csvio.OutputRow], columns: list[str]
-) -> None:
-    output.write(csvio.output_rows(extra_columns, rows, variant_columns=columns))
+def _write_rows(output: BinaryIO, layout: _Layout, rows: list[csvio.OutputRow]) -> None:
+    output.write(layout.rows(rows))
 
 
 def _rows_of_images(rows: Iterator[csvio.InputRow], images: int) -> list[csvio.InputRow]:
@@ -780,9 +810,8 @@ def _rows_of_images(rows: Iterator[csvio.InputRow], images: int) -> list[csvio.I
 
 
 def _output_row(
-    product: repository.ProductOutcome, url_of: Callable[[str], str], *, variants: int
+    product: repository.ProductOutcome, url_of: Callable[[str], str], layout: _Layout
 ) -> csvio.OutputRow:
-    """`variants`: how many variants the request makes after the first."""
     images = product.images
     return csvio.OutputRow(
         serial=product.row_number,
@@ -795,8 +824,20 @@ def _output_row(
         errors=_errors(images),
         kept_originals=[image.source_url for image in images if image.kept_original],
         changed=[image.source_url for image in images if image.reuse == Reuse.CHANGED],
-        variant_urls=_variant_urls(images, url_of, variants),
+        variant_urls=_variant_urls(images, url_of, len(layout.variant_columns)),
+        compliance=_compliance(images) if layout.compliance else None,
     )
+
+
+def _compliance(images: Sequence[repository.ImageRow]) -> str:
+    """ "compliant", or what keeps the row's images from it, each named by its input URL."""
+    problems = [
+        f"{image.source_url}: {finding['code']}: {finding['message']}"
+        for image in images
+        for finding in image.findings or ()
+    ]
+    problems += [f"{image.source_url}: not made" for image in images if image.error_code]
+    return f"not compliant: {'; '.join(problems)}" if problems else "compliant"
 
 
 def _variant_urls(

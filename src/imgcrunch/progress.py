@@ -33,6 +33,8 @@ class Snapshot:
     bytes_in: int
     bytes_out: int
     reused: int = 0  # of the done: unchanged since the last request, outputs reused
+    # Of the done, with a marketplace profile: with findings (rules not met); None: no profile.
+    non_compliant: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ def summary(
     table.add_row("compressed", f"{snapshot.done:,}")
     if snapshot.reused:
         table.add_row("of which reused (unchanged)", f"{snapshot.reused:,}")
+    if snapshot.non_compliant is not None:
+        table.add_row("of which not compliant", f"{snapshot.non_compliant:,}")
     table.add_row("failed", f"{snapshot.failed:,}")
     table.add_row("bytes in", _size(snapshot.bytes_in))
     table.add_row("bytes out", _size(snapshot.bytes_out))
@@ -130,6 +134,11 @@ def summary(
         console.print(failed)
         if more_failures:
             console.print(f"... and {more_failures} more: see the output CSV's Errors column")
+    if snapshot.non_compliant:
+        console.print(
+            f"{snapshot.non_compliant:,} images do not meet every rule of the profile: "
+            "see the output CSV's Compliance column"
+        )
 
 
 def _size(count: int) -> str:

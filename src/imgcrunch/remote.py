@@ -47,6 +47,7 @@ def submit(
     wait: bool,
     console: Console,
     variants: str | None = None,
+    profile: str | None = None,
     refresh: bool = False,
 ) -> int:
     fields = (
@@ -54,6 +55,7 @@ def submit(
         ("quality", quality),
         ("effort", effort),
         ("variants", variants),
+        ("profile", profile),
         ("refresh", "true" if refresh else None),
     )
     form = {key: str(value) for key, value in fields if value}
@@ -142,6 +144,7 @@ def _snapshot(body: dict[str, Any]) -> progress.Snapshot:
         bytes_in=body["bytes_in"],
         bytes_out=body["bytes_out"],
         reused=counts.get("reused", 0),
+        non_compliant=counts.get("non_compliant"),
     )
 
 

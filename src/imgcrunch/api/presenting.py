@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imgcrunch import repository
 from imgcrunch.api.schemas import (
     ErrorBody,
+    Finding,
     ImageError,
     ImageInfo,
     ImageVariant,
@@ -95,6 +96,8 @@ def variant_summaries(
                 quality=variant.quality or request.quality,
                 effort=variant.effort or request.effort,
                 column=OUTPUT_HEADER[3] if position == 0 else variant.column,
+                max_bytes=variant.max_bytes,
+                profile=request.profile if position == 0 else None,
                 bytes_out=bytes_out,
                 kept_original=kept,
             )
@@ -108,6 +111,7 @@ def summary(
     return RequestSummary(
         request_id=request.id,
         status=request.status,
+        profile=request.profile,
         variants=variant_summaries(request, totals),
         progress=progress(request),
         **figures(request, now=utcnow()),
@@ -156,6 +160,7 @@ def image_info(
         error_message=image.error_message,
         variants=_image_variants(image, urls, names),
         reuse=cast("ReuseKind | None", image.reuse),
+        findings=[Finding.model_validate(finding) for finding in image.findings or ()],
     )
 
 
@@ -178,6 +183,7 @@ def _image_variants(
         "width": image.width,
         "height": image.height,
         "kept": image.kept_original,
+        "quality": image.quality,
     }
     return [
         ImageVariant(
@@ -187,6 +193,7 @@ def _image_variants(
             height=output["height"],
             bytes=output["bytes"],
             kept_original=output["kept"],
+            quality=output.get("quality"),
         )
         for name, output in zip(names, [first, *(image.variants or ())], strict=False)
     ]

@@ -42,6 +42,10 @@ class Progress(BaseModel):
     # said 304, or sent the same bytes), their outputs and URLs reused without encoding.
     reused: int
     percent: float
+    # With a marketplace profile, of the done: made to every rule of it, or with findings
+    # (rules it could not be made to meet; each image's are in its listing). None without one.
+    compliant: int | None = None
+    non_compliant: int | None = None
 
 
 class VariantSummary(BaseModel):
@@ -56,6 +60,8 @@ class VariantSummary(BaseModel):
     quality: int  # the look of standard libjpeg at this quality, in whatever format
     effort: str  # balanced | max
     column: str  # its URLs' column in the output CSV
+    max_bytes: int | None  # its byte cap: quality lowered (then size) to fit; None: none
+    profile: str | None  # the marketplace whose rules make it (the first variant only)
     bytes_out: int  # over the images done
     kept_original: int  # images whose own bytes stood for it (re-encoding would not shrink)
 
@@ -117,6 +123,7 @@ class Status(Figures):
     waiting: str | None = None
     quality: int  # the look of standard libjpeg at this quality, whatever the format
     effort: str  # balanced | max
+    profile: str | None  # the marketplace whose rules make the first variant; None: none
     variants: list[VariantSummary]  # in order; the first is the one in `bytes_out`
     progress: Progress
     output_csv_url: str | None
@@ -139,6 +146,7 @@ class Health(BaseModel):
 class RequestSummary(Figures):
     request_id: uuid.UUID
     status: str
+    profile: str | None
     variants: list[VariantSummary]
     progress: Progress
     status_url: str
@@ -159,6 +167,16 @@ class ImageVariant(BaseModel):
     height: int
     bytes: int
     kept_original: bool  # the input's own bytes, without metadata: re-encoding would not shrink
+    quality: int | None  # what it was encoded at (lower than asked to meet a byte cap); None: kept
+
+
+class Finding(BaseModel):
+    """A rule of the request's marketplace profile that the image could not be made to meet:
+    a warning (the image is made all the same)."""
+
+    # too_small | too_small_for_zoom | product_fill_low | background_not_white
+    code: str
+    message: str
 
 
 # models.Reuse's values, spelled out for the OpenAPI document.
@@ -184,6 +202,8 @@ class ImageInfo(BaseModel):
     # same URL), not_cached (never made for this owner with these options), refreshed (the
     # request asked to ignore the cache). None for failed images and older requests.
     reuse: ReuseKind | None
+    # What the request's marketplace profile found it could not fix in it; [] for none.
+    findings: list[Finding]
 
 
 class ImageList(BaseModel):

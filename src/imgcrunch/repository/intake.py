@@ -47,6 +47,7 @@ class NewRequest:
     owner: str | None = None  # the API key's owner that created it; None when keys are off
     variants: list[dict[str, Any]] | None = None  # imgcrunch.imaging.variants.to_json's
     refresh: bool = False  # made without the owner's source cache
+    profile: str | None = None  # imgcrunch.imaging.profiles' name
 
 
 async def create_request(session: AsyncSession, new: NewRequest) -> None:
@@ -70,7 +71,9 @@ async def create_request(session: AsyncSession, new: NewRequest) -> None:
             variants=new.variants,
             scope=scope,
             refresh=new.refresh,
+            profile=new.profile,
             reused_images=0,
+            noncompliant_images=0,
         )
     )
     await session.flush()

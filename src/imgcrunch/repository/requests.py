@@ -47,9 +47,12 @@ class ImageRow:
     kept_original: bool
     error_code: str | None
     error_message: str | None
-    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
+    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept",
+    # "quality"}.
     variants: list[dict[str, Any]] | None
     reuse: str | None  # a models.Reuse; None before re-runs, and for failed images
+    quality: int | None  # the first variant's, as encoded
+    findings: list[dict[str, str]] | None  # what the request's profile could not fix
 
 
 _IMAGE_ROW = (
@@ -67,6 +70,8 @@ _IMAGE_ROW = (
     Image.error_message,
     Image.variants,
     Image.reuse,
+    Image.quality,
+    Image.findings,
 )
 
 

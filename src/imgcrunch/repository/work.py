@@ -65,6 +65,7 @@ class Batch:
     owner: str | None = None
     scope: uuid.UUID | None = None
     refresh: bool = False
+    profile: str | None = None  # the marketplace whose rules make the first variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ _LONGEST_WAITING = (
         _requests.c.owner,
         _requests.c.scope,
         _requests.c.refresh,
+        _requests.c.profile,
     )
     .where(
         # A request's images are claimable as soon as their chunk is stored: the rest of its
@@ -236,8 +238,11 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     kept_original: bool = False
-    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept"}.
+    # The outputs of the variants after the first: {"key", "bytes", "width", "height", "kept",
+    # "quality"}.
     variants: list[dict[str, Any]] | None = None
+    quality: int | None = None  # the first variant's, as encoded
+    findings: list[dict[str, str]] | None = None  # what the profile could not fix; None: nothing
     reuse: str | None = None  # a models.Reuse, for a done image of a request with a scope
     error_code: str | None = None
     error_message: str | None = None
@@ -260,11 +265,13 @@ _OUTPUT_FIELDS = (
     "height",
     "kept_original",
     "variants",
+    "quality",
+    "findings",
 )
 # What a result sets on its image row: the status, then ImageResult's fields of the same names.
 _COPIED_COLUMNS = (*_OUTPUT_FIELDS, "reuse", "error_code", "error_message")
 _RESULT_COLUMNS = ("status", *_COPIED_COLUMNS)
-_RECORD_CHUNK = 64  # images per statement: 12 parameters each, well inside every database's cap
+_RECORD_CHUNK = 64  # images per statement: 14 parameters each, well inside every database's cap
 
 
 @functools.cache
@@ -305,6 +312,7 @@ def _record_statement(count: int) -> Update:
             _images.c.kept_original,
             _images.c.variants,
             _images.c.reuse,
+            _images.c.findings,
         )
     )
 
@@ -325,7 +333,7 @@ async def record_results(
 ) -> None:
     """Record outcomes for images and their duplicates; recording twice changes nothing."""
     connection = await session.connection()
-    done = failed = kept = reused = bytes_in = bytes_out = 0
+    done = failed = kept = reused = noncompliant = bytes_in = bytes_out = 0
     variant_totals: dict[int, list[int]] = {}  # position after the first: [bytes, kept]
     for start in range(0, len(results), _RECORD_CHUNK):
         chunk = results[start : start + _RECORD_CHUNK]
@@ -334,11 +342,12 @@ async def record_results(
         )
         # Counted from the rows the statement changed, not from the results: a row recorded
         # already (a redelivery, a second finisher) is not pending, so it moves no counter.
-        for status, row_bytes_in, row_bytes_out, kept_original, variants, reuse in changed:
+        for status, row_bytes_in, row_bytes_out, kept_original, variants, reuse, found in changed:
             if status == ImageStatus.DONE:
                 done += 1
                 kept += bool(kept_original)
                 reused += reuse == Reuse.REUSED
+                noncompliant += bool(found)
                 bytes_in += row_bytes_in or 0
                 bytes_out += row_bytes_out or 0
                 for position, output in enumerate(variants or (), start=1):
@@ -356,6 +365,7 @@ async def record_results(
                 "a_failed": failed,
                 "a_kept": kept,
                 "a_reused": reused,
+                "a_noncompliant": noncompliant,
                 "a_bytes_in": bytes_in,
                 "a_bytes_out": bytes_out,
                 "a_now": now,
@@ -417,6 +427,8 @@ _ADD_COUNTS = (
         failed_images=_requests.c.failed_images + bindparam("a_failed", type_=Integer),
         kept_images=_requests.c.kept_images + bindparam("a_kept", type_=Integer),
         reused_images=_requests.c.reused_images + bindparam("a_reused", type_=Integer),
+        noncompliant_images=_requests.c.noncompliant_images
+        + bindparam("a_noncompliant", type_=Integer),
         bytes_in=_requests.c.bytes_in + bindparam("a_bytes_in", type_=BigInteger),
         bytes_out=_requests.c.bytes_out + bindparam("a_bytes_out", type_=BigInteger),
         updated_at=bindparam("a_now"),

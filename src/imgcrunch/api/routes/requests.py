@@ -52,6 +52,7 @@ async def status(
         waiting=request.waiting if request.status in ACTIVE_STATUSES else None,
         quality=request.quality,
         effort=request.effort,
+        profile=request.profile,
         variants=variant_summaries(request, totals.get(request.id, [])),
         progress=progress(request),
         **figures(request, now=utcnow()),

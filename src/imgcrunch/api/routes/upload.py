@@ -17,14 +17,15 @@ from imgcrunch.api.schemas import Accepted
 from imgcrunch.codec import Effort
 from imgcrunch.fetcher import is_http_url
 from imgcrunch.http_errors import FetchError
-from imgcrunch.imaging import Variant, VariantsError
+from imgcrunch.imaging import Variant, VariantsError, profiles
 from imgcrunch.imaging import variants as variant_specs
+from imgcrunch.imaging.profiles import Profile
 
 router = APIRouter(tags=["requests"])
 
 _FULL_RETRY_AFTER = 30  # seconds: about how long a small request takes to get through
 _ERRORS = error_responses(401, 413, 422, 429)
-_FIELDS = ("file", "webhook_url", "quality", "effort", "variants", "refresh")
+_FIELDS = ("file", "webhook_url", "quality", "effort", "variants", "profile", "refresh")
 
 
 @router.post("/upload", status_code=202, response_model=Accepted, responses=_ERRORS)
@@ -71,11 +72,23 @@ async def upload(
             "thumb=200x200:pad:webp`: a name, `=`, then colon-separated parts in any order: a "
             "box (`N`, `Wx`, `xH`, `WxH`; fit inside, never enlarged), a fit (`inside`, or "
             "`pad` to exactly the box), a format (`jpeg`, `webp`, `avif`), a quality `qN` and "
-            "an effort. Or a JSON list of objects (name, width, height, fit, format, quality, "
-            f"effort). At most {variant_specs.MAX_VARIANTS}; the first fills `Output Image "
+            "an effort, and a byte cap (`150kb`, `2mb`: quality is lowered, then size, to fit). "
+            "Or a JSON list of objects (name, width, height, fit, format, quality, effort, "
+            f"max_bytes). At most {variant_specs.MAX_VARIANTS}; the first fills `Output Image "
             "Urls`, each other its own `<Name> Image Urls` column (IMGCRUNCH_VARIANTS by "
             "default: one JPEG at the original size). Names are unique; a box is at most the "
             "pixel limit (IMGCRUNCH_MAX_PIXELS); `pad` needs both sides",
+        ),
+    ] = "",
+    profile: Annotated[
+        str,
+        Form(
+            json_schema_extra={"enum": ["", *profiles.PROFILES]},  # as webhook_url's
+            description="a marketplace whose image rules make the first variant (`Output Image "
+            f"Urls`): {', '.join(profiles.PROFILES)}. The image is fixed where the rules allow "
+            "(background lifted to white, cropped to the product, padded square, scaled down, "
+            "JPEG, under the byte cap) and each image's findings say what could not be; "
+            "`variants` then gives the other columns. Empty for none",
         ),
     ] = "",
     refresh: Annotated[
@@ -90,7 +103,8 @@ async def upload(
     ] = False,
 ) -> Accepted:
     await _refuse_unknown_fields(request)
-    made = _checked_variants(variants, services.variants, settings.max_pixels)
+    rules = _checked_profile(profile)
+    made = _checked_variants(variants, services.variants, settings.max_pixels, rules)
     await _refuse_when_full(session, settings, owner)
     webhook = _checked_webhook_url(webhook_url, services.guard, settings.max_url_length)
     # The form's parser has spooled the file to disk already: it is checked and stored from
@@ -113,6 +127,7 @@ async def upload(
         webhook_url=webhook,
         owner=owner,
         refresh=refresh,
+        profile=rules.name if rules else None,
     )
     services.dispatcher.submit(request_id)
     return Accepted(
@@ -166,15 +181,25 @@ def _full(reason: str) -> ApiError:
     )
 
 
-def _checked_variants(
-    spec: str, default: tuple[Variant, ...], max_pixels: int
-) -> tuple[Variant, ...]:
-    """The request's variants (`default` where it names none), or 422 naming the part that
-    is wrong."""
-    if not spec.strip():
-        return default
+def _checked_profile(name: str) -> Profile | None:
+    if not name.strip():
+        return None
     try:
-        return variant_specs.parse(spec, max_pixels=max_pixels)
+        return profiles.get(name)
+    except profiles.UnknownProfile as exc:
+        raise ApiError(
+            422, "invalid_profile", str(exc), [{"field": "profile", "reason": str(exc)}]
+        ) from None
+
+
+def _checked_variants(
+    spec: str, default: tuple[Variant, ...], max_pixels: int, profile: Profile | None
+) -> tuple[Variant, ...]:
+    """The request's variants (`default` where it names none), after its profile's, or 422
+    naming the part that is wrong."""
+    try:
+        made = variant_specs.parse(spec, max_pixels=max_pixels) if spec.strip() else default
+        return made if profile is None else variant_specs.led_by(profile.variant(), made)
     except VariantsError as exc:
         raise ApiError(
             422,

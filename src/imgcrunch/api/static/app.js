@@ -87,6 +87,9 @@ function figures(request) {
   const parts = [`${p.done} of ${p.total} done`, `${p.failed} failed`];
   if (p.kept_original) parts.push(`${p.kept_original} kept as they were`);
   if (p.reused) parts.push(`${p.reused} unchanged since the last run, reused`);
+  if (p.non_compliant !== null && p.non_compliant !== undefined) {
+    parts.push(`${p.compliant} compliant, ${p.non_compliant} not compliant with ${request.profile}`);
+  }
   if (request.savings_percent !== null) parts.push(`${request.savings_percent}% saved`);
   parts.push(`${size(request.bytes_in)} → ${size(request.bytes_out)}`);
   if (request.images_per_second) parts.push(`${request.images_per_second} images/s`);
@@ -145,7 +148,7 @@ async function upload(event) {
   const form = event.target;
   const message = document.getElementById("upload-message");
   const data = new FormData(form);
-  for (const name of ["webhook_url", "quality", "effort", "variants"]) {
+  for (const name of ["webhook_url", "quality", "effort", "variants", "profile"]) {
     if (!data.get(name)) data.delete(name);
   }
   showMessage(message, "Uploading…");
@@ -162,7 +165,7 @@ async function upload(event) {
 // --- a request's page ----------------------------------------------------------------------
 
 function variantFigure(image, variant) {
-  const kept = variant.kept_original ? ", original kept" : "";
+  const kept = variant.kept_original ? ", original kept" : variant.quality ? `, q${variant.quality}` : "";
   return el(
     "figure",
     { class: "variant" },
@@ -204,6 +207,18 @@ function imageRow(image) {
   } else {
     result = el("span", { text: image.status });
   }
+  if (image.findings.length) {
+    result = el(
+      "div",
+      {},
+      result,
+      el(
+        "ul",
+        { class: "findings", "aria-label": `findings for row ${image.row}` },
+        ...image.findings.map((finding) => el("li", {}, el("code", { text: finding.code }), `: ${finding.message}`)),
+      ),
+    );
+  }
   return el(
     "tr",
     {},
@@ -235,7 +250,8 @@ async function refreshRequest(requestId) {
     const status = await (await api(`/status/${requestId}`)).json();
     document.getElementById("request-title").textContent = `Request ${requestId}`;
     const statusLine = el("p", {}, "Status: ", el("span", { class: `status ${status.status}`, text: status.status.replaceAll("_", " ") }));
-    const options = el("p", { class: "figures", text: `quality ${status.quality} · effort ${status.effort}` });
+    const profile = status.profile ? ` · marketplace ${status.profile}` : "";
+    const options = el("p", { class: "figures", text: `quality ${status.quality} · effort ${status.effort}${profile}` });
     const parts = [statusLine, progressBar(status), figures(status), options];
     const variants = variantsLine(status);
     if (variants) parts.push(variants);
