@@ -18,6 +18,8 @@ VipsImage: TypeAlias = Any
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "photos").glob("*.jpg"))
 LOGO = DATA / "logo.png"
+# Product shots made from the catalog's, each breaking a marketplace rule (their README).
+MARKETPLACE = sorted((DATA / "marketplace").glob("*.jpg"))
 
 RED = (255, 0, 0)
 GREY = (128, 128, 128)

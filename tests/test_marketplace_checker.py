@@ -345,7 +345,7 @@ AS_IS: dict[str, dict[str, set[str]]] = {
         "google": set(),
         "ebay": set(),
     },
-    "not_white.jpg": {  # 1200x1010 on a light grey surface, about (222, 217, 214)
+    "not_white.jpg": {  # 1200x1100 on a blue-grey sweep, about (177, 186, 201)
         "amazon": {"background_not_white"},
         "walmart": {"background_not_white", "too_small_for_zoom", "aspect"},
         "google": set(),

@@ -318,6 +318,9 @@ def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     if options.profile is not None:
         plans[0] = _plan_profiled(header, plans[0].variant, options.profile)
     decoded = _to_srgb8(_decode(data, image, header, plans), header)
+    two_backgrounds = options.profile is not None and options.background != WHITE
+    if two_backgrounds and decoded.hasalpha():
+        decoded = decoded.copy_memory()  # flattened twice: read twice
     base = _flatten(decoded, options.background)
     if options.profile is None and len(plans) == 1:
         resized = _resized(base, plans[0].stored_size(header))
@@ -327,7 +330,7 @@ def _make(data: bytes, options: CodecOptions) -> tuple[Compressed, ...]:
     if options.profile is None:
         return _cascade(data, base, header, plans, options)
     # Flattened onto white, as every marketplace asks, whatever the other variants' background.
-    white = base if options.background == WHITE else _flatten(decoded, WHITE).copy_memory()
+    white = _flatten(decoded, WHITE).copy_memory() if two_backgrounds else base
     first = _profiled(data, white, header, plans[0], options.profile, options)
     return (first, *(_cascade(data, base, header, plans[1:], options) if plans[1:] else ()))
 

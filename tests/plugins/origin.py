@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.imaging import DATA, PHOTOS, heavily_compressed_photo, png_bomb
+from tests.imaging import DATA, MARKETPLACE, PHOTOS, heavily_compressed_photo, png_bomb
 from tests.local_http import Handler, serve
 
 
@@ -20,6 +20,7 @@ class ImageServer:
     """Serves the test photos over real HTTP on 127.0.0.1, plus routes that misbehave.
 
     /photos/<name>      a photo (any query string is ignored, so `?n=1` makes distinct URLs)
+    /marketplace/<name> a product shot of tests/data/marketplace (too small, off-white...)
     /held/<name>        a photo, once `release` is set (see the `held_origin` fixture)
     /logo.png           an RGBA PNG
     /compressed.jpg     a small photo at JPEG quality 20 with EXIF, XMP and an sRGB profile:
@@ -79,6 +80,7 @@ HOSTILE_FOR = 30.0
 def _image_handler(state: ImageServer) -> type[Handler]:
     files = {f"/photos/{photo.name}": photo.read_bytes() for photo in PHOTOS}
     files["/logo.png"] = (DATA / "logo.png").read_bytes()
+    files |= {f"/marketplace/{shot.name}": shot.read_bytes() for shot in MARKETPLACE}
     files["/compressed.jpg"] = heavily_compressed_photo()
     first_photo = files[f"/photos/{PHOTOS[0].name}"]
 

@@ -9,6 +9,7 @@ read more than once).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,18 @@ _WHITE_FLOOR = 253
 _NEAR_WHITE_FLOOR = 210
 _NEAR = 24
 _NEAR_SHARE = 0.75
-# Lifting: pixels within _NEAR of the background's colour become white; from there to _FAR
-# they blend into their own colour; the product, further off, is untouched.
+# Lifting: background pixels within _NEAR of the background's colour become white; from there
+# to _FAR they blend into their own colour; the product, further off, is untouched. Only the
+# background joined to the frame's edge is lifted, not light parts inside the product. A white
+# background's JPEG noise (a few levels under 255) is lifted the same way, within 10 and 24.
 _FAR = 64
+_WHITE_NEAR, _WHITE_FAR = 10, 24
 # The product: what differs from white by more than this (find_trim's threshold), after a
 # median filter that ignores JPEG's speckle.
 _PRODUCT_THRESHOLD = 24
+# JPEG's ringing round an edge reaches across its block: 16 px with 4:2:0 chroma. A product
+# nearer the frame's edge than the border and this would leave the border not quite white.
+_RINGING = 16
 
 
 @dataclass(slots=True)
@@ -57,6 +64,8 @@ def conform(image: Any, profile: Profile) -> Conformed:
         background = _whiten(made, profile)
     if profile.min_fill is not None and background == WHITE:
         _fill_frame(made, profile)
+    if profile.white_background and background == WHITE:
+        _keep_clear(made, profile)
     if profile.square and made.image.width != made.image.height:
         side, _ = framing.square(made.image.width, made.image.height)
         made.image = made.image.gravity(
@@ -92,21 +101,39 @@ def product_box(image: Any) -> Box | None:
 def _whiten(made: Conformed, profile: Profile) -> tuple[int, int, int]:
     """Lift a near-white background to pure white; the background the picture has after."""
     found = border(made.image)
-    if found.white:
-        return WHITE
     if not found.near_white:
         made.findings.append(findings.background_not_white(profile, found.colour))
         return found.colour
-    image = made.image
-    distance = (image - list(found.colour)).abs()
-    farthest = distance[0].bandrank([distance[1], distance[2]], index=2)
-    # 1 within _NEAR of the background, 0 beyond _FAR, a straight line between.
-    weight = (_FAR - farthest) / (_FAR - _NEAR)
-    weight = (weight > 1).ifthenelse(1.0, (weight < 0).ifthenelse(0.0, weight))
-    lifted = image + (255 - image) * weight
-    made.image = lifted.cast("uchar").copy_memory()
+    near, far = (_WHITE_NEAR, _WHITE_FAR) if found.white else (_NEAR, _FAR)
+    made.image = _lifted(made.image, found.colour, near, far)
     made.changed = True
     return WHITE
+
+
+def _lifted(image: Any, colour: tuple[int, int, int], near: int, far: int) -> Any:
+    distance = (image - list(colour)).abs()
+    farthest = distance[0].bandrank([distance[1], distance[2]], index=2)
+    # 1 within `near` of the background, 0 beyond `far`, a straight line between.
+    weight = (far - farthest) / (far - near)
+    weight = (weight > 1).ifthenelse(1.0, (weight < 0).ifthenelse(0.0, weight))
+    weight = _joined_to_edge(farthest <= far).ifthenelse(weight, 0.0)
+    return (image + (255 - image) * weight).cast("uchar").copy_memory()
+
+
+def _joined_to_edge(mask: Any) -> Any:
+    """Of `mask` (255 or 0), the parts joined to the frame's edge at its corners or the middle
+    of its sides: the background round a product, not the product's own light parts."""
+    mask = mask.copy_memory()
+    right, bottom = mask.width - 1, mask.height - 1
+    seeds = [(0, 0), (right, 0), (0, bottom), (right, bottom)]
+    seeds += [(right // 2, 0), (right // 2, bottom), (0, bottom // 2), (right, bottom // 2)]
+    for x, y in seeds:
+        if mask(x, y)[0] == 255:
+            mask = mask.draw_flood(_JOINED, x, y, equal=True)
+    return mask == _JOINED
+
+
+_JOINED = 128
 
 
 def _fill_frame(made: Conformed, profile: Profile) -> None:
@@ -130,9 +157,39 @@ def _fill_frame(made: Conformed, profile: Profile) -> None:
         made.findings.append(findings.fill_low(profile, measured))
 
 
+def _keep_clear(made: Conformed, profile: Profile) -> None:
+    """Widen the white round a product that comes nearer the frame's edge than the border and
+    JPEG's ringing: the encoded border stays white."""
+    image = made.image
+    product = product_box(image)
+    if product is None:
+        return
+    width, height = image.width, image.height
+    scale = profile.cap_scale(width, height)
+    clearance = _ring(width, height) + math.ceil(_RINGING / scale)
+    left = max(0, clearance - product.left)
+    top = max(0, clearance - product.top)
+    right = max(0, clearance - (width - product.left - product.width))
+    bottom = max(0, clearance - (height - product.top - product.height))
+    if left or top or right or bottom:
+        made.image = image.embed(
+            left,
+            top,
+            width + left + right,
+            height + top + bottom,
+            extend="background",
+            background=list(WHITE),
+        )
+        made.changed = True
+
+
+def _ring(width: int, height: int) -> int:
+    return max(2, math.ceil(min(width, height) * _BORDER_SHARE))
+
+
 def _border_strips(image: Any) -> list[Any]:
     width, height = image.width, image.height
-    ring = max(2, round(min(width, height) * _BORDER_SHARE))
+    ring = _ring(width, height)
     if 2 * ring >= min(width, height):
         return [image]  # a picture this small is all border
     inner = height - 2 * ring

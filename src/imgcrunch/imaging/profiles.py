@@ -111,7 +111,6 @@ GOOGLE = Profile(
     format=Format.JPEG,
     accepted=("JPEG", "WebP", "PNG", "GIF", "BMP", "TIFF"),
     min_shortest=100,
-    zoom_side=1500,  # recommended
     max_pixels=64_000_000,
     max_bytes=16_000_000,
     # "No upscaled images" is not checked: see imaging.findings.
