@@ -16,6 +16,7 @@ import pyvips
 
 from imgcrunch.api.auth import fingerprint
 from imgcrunch.signing import verify
+from tests import marketplace_run
 from tests.imaging import PHOTOS
 from tests.outputs import image_key_of
 from tests.plugins.origin import ImageServer, OriginDelay
@@ -652,6 +653,36 @@ def test_a_bad_variants_spec_is_refused_naming_the_part(
     assert part in error["message"]
     assert error["details"][0]["field"] == "variants"
     assert part in error["details"][0]["reason"]
+
+
+def test_a_marketplace_profile_makes_the_first_variant_and_reports_what_it_cannot_fix(
+    service: Service, image_server: ImageServer
+) -> None:
+    marketplace_run.check(service, marketplace_run.upload(service, image_server))
+
+
+def test_an_unknown_profile_is_refused_naming_the_known_ones(service: Service) -> None:
+    csv_text = "S. No,Product Name,Input Image Urls\n1,A,http://example.com/a.jpg\n"
+    with service.client() as client:
+        before = len(client.get("/requests").json()["requests"])
+    response = service.upload(csv_text, profile="etsy")
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_profile"
+    assert error["message"] == "unknown profile 'etsy'; known: amazon, walmart, google, ebay"
+    assert error["details"] == [{"field": "profile", "reason": error["message"]}]
+    with service.client() as client:
+        assert len(client.get("/requests").json()["requests"]) == before  # nothing accepted
+
+
+def test_a_profile_leaves_the_output_column_to_itself(service: Service) -> None:
+    csv_text = "S. No,Product Name,Input Image Urls\n1,A,http://example.com/a.jpg\n"
+    response = service.upload(csv_text, profile="walmart", variants="output=800:webp")
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == (
+        "variants cannot be made: output: the profile makes the first variant, 'output' "
+        "('Output Image Urls'): give this one another name"
+    )
 
 
 def test_the_servers_default_variants_apply_where_a_request_names_none(

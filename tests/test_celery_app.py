@@ -20,7 +20,7 @@ import pytest
 from imgcrunch.celery_app import celery_config
 from imgcrunch.config import Settings
 from imgcrunch.signing import new_secret, verify
-from tests import servers
+from tests import marketplace_run, servers
 from tests.plugins.origin import ImageServer, OriginDelay
 from tests.plugins.receivers import Receiver
 from tests.plugins.services import Service, ServiceFactory, scrape
@@ -181,6 +181,13 @@ def test_a_small_request_is_not_queued_behind_a_huge_one(
     # Its two batches came next, not after the huge request's 45.
     assert huge_done_then < 45, huge_done_then
     assert huge_status["progress"]["done"] == 90
+
+
+def test_a_marketplace_profile_is_made_and_reported_by_the_workers(
+    scale_out: ScaleOut, image_server: ImageServer
+) -> None:
+    request_id = marketplace_run.upload(scale_out.api, image_server)
+    marketplace_run.check(scale_out.api, request_id)
 
 
 def test_each_worker_serves_the_sum_of_its_pool_processes_metrics(

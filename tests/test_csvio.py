@@ -640,6 +640,19 @@ def test_output_header() -> None:
     ]
 
 
+def test_with_a_profile_each_row_says_how_it_complies_in_the_last_column() -> None:
+    rows = [
+        replace(ROW, compliance="compliant"),
+        replace(ROW, serial="2", compliance="not compliant: x"),
+    ]
+    lines = read_back(write_output([], rows, compliance=True))
+    assert lines[0][-1] == "Compliance"
+    assert [line[-1] for line in lines[1:]] == ["compliant", "not compliant: x"]
+    assert "Compliance" not in read_back(write_output([], [ROW]))[0]
+    with pytest.raises(ValueError, match="no compliance"):
+        write_output([], [ROW], compliance=True)
+
+
 def test_output_round_trip_keeps_places_of_failed_images() -> None:
     row = replace(
         ROW,

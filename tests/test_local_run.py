@@ -99,6 +99,29 @@ def test_variants_land_in_their_columns_and_the_summary_gives_each_one_s_bytes(
     assert f"variant thumb=200x200:pad:webp {thumb_bytes / 1000:,.1f} KB" in summary
 
 
+def test_a_profile_makes_the_output_column_and_the_summary_counts_what_does_not_comply(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    small, framed = (
+        image_server.url(f"/marketplace/{n}") for n in ("small.jpg", "tiny_in_frame.jpg")
+    )
+    out = tmp_path / "out"
+    csv_path = write_products(tmp_path, f"1,Bag,{small}", f"2,Bottle,{framed}")
+    run = LocalRun(csv_path, out, profile="amazon", variants="thumb=100:webp")
+    screen, shown = recording_console()
+    assert process(run, BASE, screen) == OK  # findings are warnings: every image was made
+    rows = list(csv.DictReader(io.StringIO((out / "products.output.csv").read_text())))
+    assert [row["Compliance"].split(": ")[:3] for row in rows] == [
+        ["not compliant", small, "too_small_for_zoom"],
+        ["not compliant", framed, "product_fill_low"],
+    ]
+    bottle = pyvips.Image.new_from_file(rows[1]["Output Image Urls"].removeprefix("file://"))
+    assert (bottle.width, bottle.height) == (500, 500)  # cropped round it, to Amazon's least
+    summary = " ".join(shown.getvalue().replace("│", " ").split())
+    assert "of which not compliant 2" in summary
+    assert "see the output CSV's Compliance column" in summary
+
+
 def test_a_bad_variants_spec_exits_2_naming_the_part_and_makes_nothing(tmp_path: Path) -> None:
     csv_path = write_products(tmp_path, "1,A,https://example.com/a.jpg")
     screen, shown = recording_console()

@@ -262,3 +262,23 @@ async def test_a_webhook_waits_then_fails_with_its_history_then_is_delivered(
         (1, 503, "HTTP 503 Service Unavailable"),
         (2, 204, None),
     ]
+
+
+def test_with_a_profile_the_progress_counts_the_images_that_comply_and_those_that_do_not() -> None:
+    shown = presenting.summary(request(profile="amazon", noncompliant_images=4), URLS, [])
+    assert shown.profile == "amazon"
+    assert (shown.progress.compliant, shown.progress.non_compliant) == (26, 4)
+    plain = presenting.summary(request(), URLS, [])
+    assert (plain.profile, plain.progress.compliant, plain.progress.non_compliant) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_an_image_lists_what_its_profile_found_and_the_quality_it_was_made_at() -> None:
+    finding = {"code": "too_small_for_zoom", "message": "611x700: Amazon asks 1000 px"}
+    shown = presenting.image_info(image_row(findings=[finding], quality=41), URLS)
+    assert [f.model_dump() for f in shown.findings] == [finding]
+    assert shown.variants[0].quality == 41
+    assert presenting.image_info(image_row(), URLS).findings == []

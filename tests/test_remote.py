@@ -39,6 +39,7 @@ def submit(
     quality: int | None = None,
     effort: str | None = None,
     variants: str | None = None,
+    profile: str | None = None,
 ) -> int:
     return remote.submit(
         server,
@@ -47,6 +48,7 @@ def submit(
         quality=quality,
         effort=effort,
         variants=variants,
+        profile=profile,
         wait=wait,
         console=screen,
     )
@@ -93,6 +95,20 @@ def test_submit_sends_the_variants_and_the_summary_gives_each_one_s_bytes(
     shown_size = f"{made:,} B" if made < 1000 else f"{made / 1000:,.1f} KB"
     summary = " ".join(shown.getvalue().replace("│", " ").split())
     assert f"variant s=64x64:inside:avif {shown_size}" in summary
+
+
+def test_submit_sends_the_profile_and_the_summary_counts_what_does_not_comply(
+    service: Service, image_server: ImageServer, tmp_path: Path
+) -> None:
+    csv_path = write_products(tmp_path, f"1,A,{image_server.url('/marketplace/tiny.jpg')}")
+    screen, shown = recording_console()
+    assert submit(remote.Server(url=service.base_url), csv_path, screen, profile="ebay") == OK
+    summary = " ".join(shown.getvalue().replace("│", " ").split())
+    assert "of which not compliant 1" in summary
+    with service.client() as client:
+        listed = client.get("/requests").json()["requests"]
+    assert listed[0]["profile"] == "ebay"
+    assert listed[0]["progress"]["non_compliant"] == 1
 
 
 def test_some_images_failed_exits_1_listing_them_and_counting_the_rest(

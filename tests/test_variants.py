@@ -65,8 +65,21 @@ def test_the_json_form_says_the_same() -> None:
     )
 
 
+def test_a_byte_cap_is_written_in_decimal_units() -> None:
+    made = parse("a=150kb, b=webp:2MB, c=80500b", max_pixels=PIXELS)
+    assert [variant.max_bytes for variant in made] == [150_000, 2_000_000, 80_500]
+    assert [variant.spec() for variant in made] == [
+        "a=inside:jpeg:150kb",
+        "b=inside:webp:2mb",
+        "c=inside:jpeg:80500b",
+    ]
+    assert parse('{"name": "a", "max_bytes": 150000}', max_pixels=PIXELS) == made[:1]
+    # Stored only where given: a variant stored before byte caps is read back the same.
+    assert "max_bytes" not in Variant(name="a").to_json()
+
+
 def test_the_text_form_and_the_stored_form_give_back_the_same_variants() -> None:
-    made = parse("z=2000x:avif:max, t=64x48:pad:webp:q30, o=jpeg", max_pixels=PIXELS)
+    made = parse("z=2000x:avif:max, t=64x48:pad:webp:q30:20kb, o=jpeg", max_pixels=PIXELS)
     assert parse(", ".join(v.spec() for v in made), max_pixels=PIXELS) == made
     assert from_json(json.loads(json.dumps(to_json(made)))) == made
 
@@ -90,6 +103,9 @@ def test_the_text_form_and_the_stored_form_give_back_the_same_variants() -> None
         ("a=100,,b=200", "", "an empty variant"),
         ("a=100:", "a=100:", "an empty part"),
         ("a=jpeg, output=webp", "output", "is one of the output's own"),
+        ("a=1kb", "a=1kb", "under the least any image takes, 2000"),
+        ("a=10kb:20kb", "a=10kb:20kb", "gives its max_bytes a second time"),
+        ("a=10gb", "a=10gb", "or a byte cap (150kb, 2mb)"),
     ],
 )
 def test_a_bad_spec_names_the_part_at_fault(spec: str, part: str, reason: str) -> None:
@@ -117,6 +133,7 @@ def test_more_than_eight_variants_are_refused() -> None:
         ('[{"name": "a", "width": "100"}]', "width must be a whole number"),
         ('[{"name": "a", "width": true}]', "width must be a whole number"),
         ('[{"name": "a", "colour": "red"}]', "unknown key 'colour'"),
+        ('[{"name": "a", "max_bytes": "1mb"}]', "max_bytes must be a whole number"),
     ],
 )
 def test_a_bad_json_spec_says_why(text: str, reason: str) -> None:

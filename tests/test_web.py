@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,66 @@ def test_a_rerun_shows_what_was_reused_and_the_box_makes_every_image_again(
     newest = page.locator("li.request").first
     expect(newest).to_have_attribute("data-status", "completed")
     expect(newest).not_to_contain_text("reused")
+
+
+def test_a_marketplace_profile_shows_what_complies_and_what_was_found(
+    page: Any, make_service: ServiceFactory, image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service = make_service()
+    small, in_frame, not_white = (
+        image_server.url(f"/marketplace/{name}")
+        for name in ("small.jpg", "small_in_frame.jpg", "not_white.jpg")
+    )
+    csv_path = write_products(
+        tmp_path, f"1,Bag,{small}", f"2,Bulbs,{in_frame}", f"3,Bulb,{not_white}"
+    )
+    page.goto(f"{service.base_url}/")
+    page.get_by_label("Products CSV").set_input_files(str(csv_path))
+    page.get_by_label("Marketplace (optional)").select_option("amazon")
+    page.get_by_label("Variants").fill("thumb=200x200:pad:webp")
+    page.screenshot(path=str(tmp_path / "profile-form.png"), full_page=True)
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-message")).to_contain_text("Accepted: 3 images")
+
+    card = page.locator("li.request").first
+    expect(card).to_have_attribute("data-status", "completed")
+    # small.jpg is under Amazon's zoom size and not_white.jpg's sweep cannot be lifted to
+    # white: both are reported. small_in_frame.jpg is cropped to fill, so it complies.
+    expect(card).to_contain_text("1 compliant, 2 not compliant with amazon")
+    with page.expect_download() as download:
+        card.get_by_role("button", name="Download CSV").click()
+    header, *rows = csv.reader(io.StringIO(Path(download.value.path()).read_text()))
+    assert header[-1] == "Compliance"
+    compliance = {row[1]: row[-1] for row in rows}
+    assert compliance["Bulbs"] == "compliant"
+    assert compliance["Bag"].startswith("not compliant: ")
+    assert compliance["Bulb"].startswith("not compliant: ")
+
+    card.get_by_role("link").click()
+    expect(page.locator("#request-summary")).to_contain_text("marketplace amazon")
+    images = page.locator("#images")
+    expect(images.get_by_role("list", name="findings for row 1")).to_contain_text(
+        "too_small_for_zoom"
+    )
+    expect(images.get_by_role("list", name="findings for row 3")).to_contain_text(
+        "background_not_white"
+    )
+    expect(images.locator("ul.findings")).to_have_count(2)
+    expect(images.get_by_role("list", name="findings for row 2")).to_have_count(0)
+    thumbs = images.locator("figure.variant", has_text="thumb: 200\u00d7200")
+    expect(thumbs).to_have_count(3)
+    expect(thumbs.first).to_be_visible()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('figure.variant img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+    page.screenshot(path=str(tmp_path / "profile-request.png"), full_page=True)
+
+
+def test_the_form_lists_the_marketplaces(page: Any, service: Any) -> None:
+    page.goto(f"{service.base_url}/")
+    select = page.get_by_label("Marketplace (optional)")
+    values = select.locator("option").evaluate_all("options => options.map(o => o.value)")
+    assert values == ["", "amazon", "walmart", "google", "ebay"]

@@ -131,7 +131,15 @@ def parse(text: str | None, *, max_pixels: int) -> tuple[Variant, ...]:
 def led_by(first: Variant, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
     """`first` (a marketplace profile's), then `variants` (none for the default one).
     Raises VariantsError, as `parse` does, for names given twice or too many variants."""
-    return _checked([first, *(() if variants == DEFAULT else variants)])
+    rest = () if variants == DEFAULT else variants
+    for variant in rest:
+        if variant.name == first.name:
+            raise VariantsError(
+                variant.name,
+                f"the profile makes the first variant, {first.name!r} ('Output Image Urls'): "
+                "give this one another name",
+            )
+    return _checked([first, *rest])
 
 
 def from_json(stored: Iterable[dict[str, Any]] | None) -> tuple[Variant, ...]:

@@ -179,7 +179,10 @@ function variantsLine(status) {
   return el(
     "ul",
     { class: "variant-totals", "aria-label": "variants" },
-    ...status.variants.map((variant) => el("li", { text: `${variant.spec}: ${size(variant.bytes_out)}` })),
+    ...status.variants.map((variant) => {
+      const rules = variant.profile ? ` (${variant.profile}'s rules)` : "";
+      return el("li", { text: `${variant.spec}${rules}: ${size(variant.bytes_out)}` });
+    }),
   );
 }
 
