@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/s3_clients.py
 	$(BIN)/python bench/storage.py --pin
 	$(BIN)/python bench/catalog.py
+	$(BIN)/python bench/bytecap.py
 	$(BIN)/python bench/million.py
 
 clean:

@@ -50,6 +50,7 @@ from harness import (
     write_json,
 )
 from imgcrunch import codec
+from imgcrunch.imaging import profiles
 from imgcrunch.imaging import variants as variant_specs
 
 SEED_FIRST_URL = 20_000_000
@@ -88,6 +89,8 @@ SINGLE_VARIANTS = (
     "listing=800:avif:max",
 )
 CATALOG_SET = "zoom=2000:jpeg, listing=800:jpeg, thumb=200x200:pad:jpeg"
+# Marketplace profiles (issue 25): the first variant made to each one's rules, checked and fixed.
+PROFILE_NAMES = ("amazon", "walmart", "google", "ebay")
 THUMB_TARGET = 0.40  # a 200 px JPEG variant, of the full-size default's CPU
 SET_TARGET = 1.6  # the catalog set, of the default alone
 VARIANT_ROUNDS = 15
@@ -115,6 +118,27 @@ def _variant_settings() -> dict[str, Callable[[bytes], object]]:
     return settings
 
 
+def _profile_settings() -> dict[str, Callable[[bytes], object]]:
+    """The references, the default, and each marketplace profile's first variant."""
+    settings = {label: make for label, make in _variant_settings().items() if label in _REFERENCES}
+    for name in PROFILE_NAMES:
+        settings[f"profile {name}"] = _profiled(name)
+    return settings
+
+
+_REFERENCES = (
+    "bare libvips (decode, jpegsave Q50)",
+    "usual approach (Pillow, quality 50)",
+    "imgcrunch default (one JPEG, full size)",
+)
+
+
+def _profiled(name: str) -> Callable[[bytes], object]:
+    profile = profiles.get(name)
+    options = codec.CodecOptions(quality=QUALITY, variants=(profile.variant(),), profile=profile)
+    return lambda data: codec.make_variants(data, options)
+
+
 def _made(spec: str) -> Callable[[bytes], object]:
     options = codec.CodecOptions(
         quality=QUALITY, variants=variant_specs.parse(spec, max_pixels=10**9)
@@ -132,10 +156,15 @@ def _pillow_q50(data: bytes) -> object:
     return out.getvalue()
 
 
-def measure_variant_cpu(photos: PhotoSet, rounds: int = VARIANT_ROUNDS) -> list[VariantCpu]:
-    """CPU time per photo of each setting, in one thread (libvips' concurrency 1), the settings
-    taking turns each round so that the machine's drift falls on all alike."""
-    settings = _variant_settings()
+def measure_variant_cpu(
+    photos: PhotoSet,
+    rounds: int = VARIANT_ROUNDS,
+    settings: dict[str, Callable[[bytes], object]] | None = None,
+) -> list[VariantCpu]:
+    """CPU time per photo of each setting (the variants' by default), in one thread (libvips'
+    concurrency 1), the settings taking turns each round so that the machine's drift falls on
+    all alike."""
+    settings = settings or _variant_settings()
     samples: dict[str, list[float]] = {label: [] for label in settings}
     ratios: dict[str, list[float]] = {label: [] for label in settings}
     default = "imgcrunch default (one JPEG, full size)"
@@ -177,6 +206,25 @@ def variant_lines(report: Report) -> list[str]:
         f"{_met(together <= SET_TARGET)} ({together:.2f}x; one decode per variant: {apart:.2f}x)"
     )
     return lines
+
+
+def _product_shots() -> PhotoSet:
+    """tests/data/marketplace: product shots made from the catalog's, each breaking a rule."""
+    paths = sorted((ROOT / MARKETPLACE_SHOTS).glob("*.jpg"))
+    return PhotoSet(MARKETPLACE_SHOTS, [p.name for p in paths], [p.read_bytes() for p in paths])
+
+
+MARKETPLACE_SHOTS = "tests/data/marketplace"
+
+
+def profile_lines(report: Report) -> list[str]:
+    lines = [
+        f"marketplace profiles on {MARKETPLACE_SHOTS} ({len(_product_shots().names)} product "
+        "shots), CPU per photo (one thread, median of rounds) and x the default:"
+    ]
+    return lines + [
+        f"  {v.label:58} {v.cpu_ms:7.1f} ms  {v.of_default:5.2f}x" for v in report.profile_cpu
+    ]
 
 
 # --- the usual approach ---------------------------------------------------------------------
@@ -234,6 +282,7 @@ class Report:
     small_runs: list[RunResult] = field(default_factory=list)  # against the small photos' limits
     upload: UploadResult | None = None
     variant_cpu: list[VariantCpu] = field(default_factory=list)
+    profile_cpu: list[VariantCpu] = field(default_factory=list)  # on product shots
     targets: dict[str, bool] = field(default_factory=dict)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -455,6 +504,9 @@ def bench(args: argparse.Namespace, report: Report, photos: PhotoSet, origin: Or
         return args.json or RESULTS / "upload-latest.json"
     report.variant_cpu = measure_variant_cpu(photos)
     for line in variant_lines(report):
+        _say(line)
+    report.profile_cpu = measure_variant_cpu(_product_shots(), settings=_profile_settings())
+    for line in profile_lines(report):
         _say(line)
     if args.variants_only:
         return args.json or RESULTS / "variants-latest.json"

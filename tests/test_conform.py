@@ -16,7 +16,7 @@ from imgcrunch.imaging.formats import Format
 from imgcrunch.imaging.profiles import Profile
 from imgcrunch.imaging.variants import Fit, Variant
 from tests import marketplace_checker
-from tests.imaging import DATA, decode, pixel, small_photo
+from tests.imaging import DATA, decode, pixel, small_photo, solid
 
 SHOTS = DATA / "marketplace"
 # What no profile can fix without enlarging, by fixture and profile; everything else is fixed.
@@ -92,6 +92,19 @@ def test_a_near_white_sweep_is_lifted_to_pure_white_and_the_product_kept() -> No
     assert measured.fill == pytest.approx(
         marketplace_checker.measure(shot("off_white.jpg")).fill, abs=0.02
     )
+
+
+def test_light_parts_inside_the_product_keep_their_colour_when_the_sweep_is_lifted() -> None:
+    # A dark frame round a light grey panel, on a sweep of nearly the panel's grey: only the
+    # sweep, joined to the picture's edge, is background.
+    sweep = solid(1200, 1000, (238, 238, 238))
+    frame = solid(700, 600, (60, 60, 60)).insert(solid(500, 400, (228, 228, 228)), 100, 100)
+    photo = sweep.insert(frame, 250, 200).jpegsave_buffer(Q=95)
+    output = made(photo, profiles.AMAZON)
+    picture = decode(output.data)
+    assert pixel(picture, 5, 5) == [255.0, 255.0, 255.0]
+    centre = pixel(picture, picture.width // 2, picture.height // 2)
+    assert centre == pytest.approx([228, 228, 228], abs=3)
 
 
 def test_a_background_far_from_white_is_reported_with_its_colour_and_left_alone() -> None:

@@ -168,6 +168,26 @@ def test_other_options_are_another_cache_entry(
     assert status["progress"]["reused"] == IMAGES
 
 
+def test_a_profiles_rerun_reuses_its_images_with_their_findings(
+    make_service: ServiceFactory, catalog_origin: CatalogOriginFactory
+) -> None:
+    service = make_service()
+    urls = feed(catalog_origin("both"))  # photos of scenes: their backgrounds are not white
+    plain, _ = run(service, urls)
+    first, status = run(service, urls, profile="amazon")
+    assert status["progress"]["reused"] == 0  # a profile is another cache entry
+    assert status["progress"]["non_compliant"] == IMAGES
+    findings = [image["findings"] for image in listing(service, first)]
+    assert all(any(f["code"] == "background_not_white" for f in found) for found in findings)
+    second, status = run(service, urls, profile="amazon")
+    assert status["progress"]["reused"] == IMAGES
+    assert status["progress"]["non_compliant"] == IMAGES
+    assert [image["findings"] for image in listing(service, second)] == findings
+    rows = output_csv(service, second)
+    assert all(row["Compliance"].startswith("not compliant: ") for row in rows)
+    assert "Compliance" not in output_csv(service, plain)[0]
+
+
 def test_one_owners_cache_never_serves_another(
     make_service: ServiceFactory, catalog_origin: CatalogOriginFactory
 ) -> None:
