@@ -14,7 +14,7 @@ from tests.plugins.origin import ImageServer
 from tests.plugins.services import Service
 
 # Product, fixture, and what Amazon's profile cannot fix in it (the rest it fixes).
-PRODUCTS = (
+PRODUCTS: tuple[tuple[str, str, set[str]], ...] = (
     ("Bag", "small.jpg", {"too_small_for_zoom"}),
     ("Bulbs", "small_in_frame.jpg", set()),
     ("Bulb", "off_white.jpg", set()),
