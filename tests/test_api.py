@@ -68,6 +68,8 @@ def test_a_classic_csv_is_compressed_end_to_end(
         "kept_original": 0,
         "reused": 0,
         "percent": 100.0,
+        "compliant": None,
+        "non_compliant": None,
     }
     assert (status["quality"], status["effort"]) == (50, "balanced")
     assert status["errors"] == []
@@ -153,6 +155,8 @@ def test_broken_images_fail_alone_with_their_reasons(
         "kept_original": 0,
         "reused": 0,
         "percent": 100.0,
+        "compliant": None,
+        "non_compliant": None,
     }
     reasons = {error["url"]: (error["code"], error["message"]) for error in status["errors"]}
     assert reasons[missing] == ("http_error", "HTTP 404 Not Found")
@@ -741,6 +745,8 @@ def test_webhook_is_called_when_done(
             "kept_original": 0,
             "reused": 0,
             "percent": 100.0,
+            "compliant": None,
+            "non_compliant": None,
         },
         "output_csv_url": f"{service.base_url}/download/{request_id}",
         "download_url": f"{service.base_url}/download/{request_id}",

@@ -99,6 +99,8 @@ def test_many_workers_share_a_request_and_a_killed_one_loses_nothing(
         "kept_original": 0,
         "reused": 0,
         "percent": 100.0,
+        "compliant": None,
+        "non_compliant": None,
     }
     # The dead worker's claims went stale and the sweep sent them to the survivor.
     assert "re-running a claim its holder stopped renewing" in survivor.log()

@@ -50,6 +50,8 @@ def test_requests_are_listed_newest_first_a_page_at_a_time(
         "kept_original": 0,
         "reused": 0,
         "percent": 100.0,
+        "compliant": None,
+        "non_compliant": None,
     }
     assert summary["status_url"] == f"{service.base_url}/status/{made[2]}"
     assert summary["output_csv_url"] == f"{service.base_url}/download/{made[2]}"
@@ -182,6 +184,8 @@ def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
             "kept_original": 0,
             "reused": 0,
             "percent": 50.0,
+            "compliant": None,
+            "non_compliant": None,
         }
         second = service.wait_until_finished(request_id)
         assert second["status"] == "completed"
@@ -192,6 +196,8 @@ def test_retry_after_a_failing_origin_recovers_with_a_new_csv_and_a_new_event(
             "kept_original": 0,
             "reused": 0,
             "percent": 100.0,
+            "compliant": None,
+            "non_compliant": None,
         }
         second_csv = client.get(f"/download/{request_id}").text
         nothing = client.post(f"/requests/{request_id}/retry")

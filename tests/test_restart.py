@@ -45,6 +45,8 @@ def assert_every_image_exactly_once(service: Service, request_id: str, urls: lis
         "kept_original": 0,
         "reused": 0,
         "percent": 100.0,
+        "compliant": None,
+        "non_compliant": None,
     }
 
     csv_text = httpx.get(f"{service.base_url}/download/{request_id}").text

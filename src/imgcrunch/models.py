@@ -127,7 +127,7 @@ class Request(Base):
     # When a worker last claimed a batch of it: scale-out workers serve the longest-waiting first.
     last_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    def progress(self) -> dict[str, int | float]:
+    def progress(self) -> dict[str, int | float | None]:
         finished = self.done_images + self.failed_images
         percent = finished * 100 / self.total_images if self.total_images else 100.0
         return {
@@ -139,9 +139,9 @@ class Request(Base):
             "percent": round(percent, 1),
         } | self._compliance()
 
-    def _compliance(self) -> dict[str, int]:
+    def _compliance(self) -> dict[str, int | None]:
         if self.profile is None:
-            return {}
+            return {"compliant": None, "non_compliant": None}
         noncompliant = self.noncompliant_images or 0
         return {"compliant": self.done_images - noncompliant, "non_compliant": noncompliant}
 
