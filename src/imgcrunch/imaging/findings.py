@@ -36,30 +36,20 @@ class Finding:
 def size_findings(profile: Profile, width: int, height: int) -> list[Finding]:
     """The image as made is too small to be shown, or to be zoomed into: the stronger only."""
     longest, shortest = max(width, height), min(width, height)
+    size = f"{width}x{height}: {profile.title}"
+    refused = None
     if profile.min_longest is not None and longest < profile.min_longest:
-        return [
-            Finding(
-                "too_small",
-                f"{width}x{height}: {profile.title} refuses images under "
-                f"{profile.min_longest} px on the longest side",
-            )
-        ]
-    if profile.min_shortest is not None and shortest < profile.min_shortest:
-        return [
-            Finding(
-                "too_small",
-                f"{width}x{height}: {profile.title} refuses images under "
-                f"{profile.min_shortest}x{profile.min_shortest}",
-            )
-        ]
+        refused = f"{profile.min_longest} px on the longest side"
+    elif profile.min_shortest is not None and shortest < profile.min_shortest:
+        refused = f"{profile.min_shortest}x{profile.min_shortest}"
+    if refused is not None:
+        return [Finding("too_small", f"{size} refuses images under {refused}")]
     if profile.zoom_side is not None and longest < profile.zoom_side:
-        return [
-            Finding(
-                "too_small_for_zoom",
-                f"{width}x{height}: {profile.title} asks {profile.zoom_side} px on the longest "
-                "side for zoom; the source is smaller, and is never enlarged",
-            )
-        ]
+        message = (
+            f"{size} asks {profile.zoom_side} px on the longest side for zoom; the source is "
+            "smaller, and is never enlarged"
+        )
+        return [Finding("too_small_for_zoom", message)]
     return []
 
 
